@@ -1,0 +1,36 @@
+r"""emdm: learning diffusion priors from observations by expectation maximization.
+
+A PyTorch implementation of Rozet et al. (2024), https://arxiv.org/abs/2405.13712.
+"""
+
+from .denoisers import EDMDenoiser, GaussianDenoiser, GaussianMixture, MixtureDenoiser
+from .dplr import DPLR
+from .loss import denoiser_loss
+from .mmps import MMPS
+from .operators import DenseOperator, Identity, LinearOperator, MaskOperator
+from .samplers import DDIM, DDPM, PredictorCorrector, sample
+from .schedule import Schedule, VESchedule
+from .solvers import cg
+
+__all__ = [
+    "DDIM",
+    "DDPM",
+    "DPLR",
+    "MMPS",
+    "DenseOperator",
+    "EDMDenoiser",
+    "GaussianDenoiser",
+    "GaussianMixture",
+    "Identity",
+    "LinearOperator",
+    "MaskOperator",
+    "MixtureDenoiser",
+    "PredictorCorrector",
+    "Schedule",
+    "VESchedule",
+    "cg",
+    "denoiser_loss",
+    "sample",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,43 @@
+r"""The denoiser protocol.
+
+A denoiser approximates the posterior mean of the clean signal given a noisy one,
+
+.. math:: d(x_t, \sigma_t) \approx \mathbb{E}[x \mid x_t], \quad x_t = x + \sigma_t z,
+
+as a callable `denoiser(x_t, sigma)` with `x_t` of shape :math:`(B, *)` and `sigma` of shape
+:math:`(B,)`, returning a tensor of the shape of `x_t`. By Tweedie's formula,
+:math:`d(x_t, \sigma) = x_t + \sigma^2 \nabla \log p_\sigma(x_t)` and
+:math:`\mathbb{V}[x \mid x_t] = \sigma^2 \, \partial d / \partial x_t`.
+"""
+
+__all__ = ["Denoiser", "broadcast_sigma"]
+
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+
+class Denoiser(Protocol):
+    def __call__(self, x_t: Tensor, sigma: Tensor) -> Tensor: ...
+
+
+def broadcast_sigma(sigma: Tensor | float, x_t: Tensor, check: bool = True) -> Tensor:
+    r"""Returns `sigma` as a tensor of shape :math:`(B,)` with the dtype and device of `x_t`.
+
+    Arguments:
+        sigma: A scalar or a tensor with shape :math:`()` or :math:`(B,)`.
+        x_t: The noisy inputs, with shape :math:`(B, *)`.
+        check: Whether to check that every :math:`\sigma > 0` (synchronizes once).
+    """
+    if x_t.ndim < 1:
+        raise ValueError(f"x_t must have shape (B, *), got a scalar {tuple(x_t.shape)}")
+    B = x_t.shape[0]
+    sigma = torch.as_tensor(sigma, dtype=x_t.dtype, device=x_t.device)
+    if sigma.ndim == 0:
+        sigma = sigma.expand(B)
+    elif sigma.shape != (B,):
+        raise ValueError(f"sigma must have shape () or ({B},), got {tuple(sigma.shape)}")
+    if check and not bool(torch.all(sigma > 0)):
+        raise ValueError(f"sigma must be positive, got min {sigma.min().item():g}")
+    return sigma

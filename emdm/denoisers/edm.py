@@ -1,0 +1,52 @@
+r"""EDM-preconditioned denoiser around a network (protocols §1.3).
+
+.. math:: d_\theta(x_t, \sigma) = c_\text{skip}(\sigma) \, x_t
+    + c_\text{out}(\sigma) \, F_\theta\big(c_\text{in}(\sigma) \, x_t, e(c_\text{noise}(\sigma))\big)
+
+with :math:`\sigma_\text{data} = 1`, so :math:`c_\text{skip} = 1 / (\sigma^2 + 1)`,
+:math:`c_\text{out} = \sigma / \sqrt{\sigma^2 + 1}`, :math:`c_\text{in} = 1 / \sqrt{\sigma^2 + 1}`
+and :math:`c_\text{noise} = \ln \sigma`; :math:`e` is a sinusoidal embedding.
+
+References:
+    | Elucidating the Design Space of Diffusion-Based Generative Models (Karras et al., 2022)
+    | https://arxiv.org/abs/2206.00364
+"""
+
+__all__ = ["EDMDenoiser"]
+
+from torch import Tensor, nn
+
+from ..nn.embedding import SinusoidalEmbedding
+from .base import broadcast_sigma
+
+
+class EDMDenoiser(nn.Module):
+    r"""Creates an EDM-preconditioned denoiser.
+
+    Arguments:
+        network: A module :math:`F(x, e)` with `x` of shape :math:`(B, *)` and `e` of shape
+            :math:`(B, E)`, returning a tensor of the shape of `x`.
+        emb_features: The number of embedding features :math:`E`.
+    """
+
+    def __init__(self, network: nn.Module, emb_features: int = 64):
+        super().__init__()
+        self.network = network
+        self.embedding = SinusoidalEmbedding(emb_features)
+
+    def forward(self, x_t: Tensor, sigma: Tensor) -> Tensor:
+        r"""
+        Arguments:
+            x_t: The noisy inputs, with shape :math:`(B, *)`.
+            sigma: The noise levels, with shape :math:`(B,)`.
+
+        Returns:
+            The denoised outputs, with shape :math:`(B, *)`.
+        """
+        sigma = broadcast_sigma(sigma, x_t, check=False)
+        s = sigma.reshape(sigma.shape + (1,) * (x_t.ndim - 1))  # (B, 1, ..., 1)
+        c_skip = 1 / (s**2 + 1)
+        c_out = s / (s**2 + 1).sqrt()
+        c_in = 1 / (s**2 + 1).sqrt()
+        emb = self.embedding(sigma.log())  # (B, E)
+        return c_skip * x_t + c_out * self.network(c_in * x_t, emb)

@@ -1,0 +1,212 @@
+r"""Isotropic Gaussian mixtures: exact denoiser, exact posterior covariance, exact posterior.
+
+For a prior :math:`p(x) = \sum_k w_k \, \mathcal{N}(x \mid \mu_k, s_k^2 I)` in
+:math:`\mathbb{R}^D` and :math:`x_t = x + \sigma z`, let :math:`v_k = s_k^2 + \sigma^2`. Then
+
+.. math::
+    p(k \mid x_t) & \propto w_k \, \mathcal{N}(x_t \mid \mu_k, v_k I) \\
+    m_k & = \mathbb{E}[x \mid x_t, k] = (\sigma^2 \mu_k + s_k^2 x_t) / v_k \\
+    \mathbb{E}[x \mid x_t] & = \sum_k p(k \mid x_t) \, m_k \\
+    \mathbb{V}[x \mid x_t] & = \sum_k p(k \mid x_t) \big( c_k I
+        + (m_k - \mathbb{E}[x \mid x_t]) (m_k - \mathbb{E}[x \mid x_t])^T \big),
+        \quad c_k = s_k^2 \sigma^2 / v_k
+
+and :math:`\mathbb{V}[x \mid x_t] = \sigma^2 I + \sigma^4 \nabla^2 \log p_\sigma(x_t)`, the
+Hessian form of Tweedie's formula. Responsibilities are computed in log-space and distances
+without the expansion :math:`\|x\|^2 - 2 x^T \mu + \|\mu\|^2`, so they stay accurate in
+float32 far from the components.
+
+Under a linear-Gaussian observation :math:`y = A x + \varepsilon`,
+:math:`\varepsilon \sim \mathcal{N}(0, \Sigma_y)`, the posterior is again a mixture,
+
+.. math::
+    p(x \mid y) & = \sum_k \pi_k \, \mathcal{N}(x \mid m_k^y, C_k), \quad
+    C_k = (s_k^{-2} I + A^T \Sigma_y^{-1} A)^{-1}, \quad
+    m_k^y = C_k (s_k^{-2} \mu_k + A^T \Sigma_y^{-1} y) \\
+    \pi_k & \propto w_k \, \mathcal{N}(y \mid A \mu_k, s_k^2 A A^T + \Sigma_y)
+
+References:
+    | Pattern Recognition and Machine Learning, §2.3.3 (Bishop, 2006)
+"""
+
+__all__ = ["GaussianMixture", "MixtureDenoiser"]
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .base import broadcast_sigma
+
+
+class MixtureDenoiser(nn.Module):
+    r"""Creates the exact denoiser of an isotropic Gaussian mixture.
+
+    Arguments:
+        means: The component means :math:`\mu_k`, with shape :math:`(K, D)`.
+        std: The component standard deviations :math:`s_k`, a scalar or shape :math:`(K,)`.
+        weights: The component weights :math:`w_k`, with shape :math:`(K,)`, normalized
+            internally. Defaults to uniform.
+    """
+
+    def __init__(self, means: Tensor, std: Tensor | float, weights: Tensor | None = None):
+        super().__init__()
+        if means.ndim != 2:
+            raise ValueError(f"means must have shape (K, D), got {tuple(means.shape)}")
+        K = means.shape[0]
+        std = torch.as_tensor(std, dtype=means.dtype, device=means.device)
+        std = std.expand(K) if std.ndim == 0 else std
+        if std.shape != (K,):
+            raise ValueError(f"std must be a scalar or have shape ({K},), got {tuple(std.shape)}")
+        if not bool(torch.all(std >= 0)):
+            raise ValueError("std must be non-negative")
+        if weights is None:
+            weights = torch.ones(K, dtype=means.dtype, device=means.device)
+        if weights.shape != (K,) or not bool(torch.all(weights >= 0)):
+            raise ValueError(f"weights must be non-negative with shape ({K},)")
+        self.register_buffer("means", means)
+        self.register_buffer("std", std.clone())
+        self.register_buffer("log_weights", (weights / weights.sum()).log())
+
+    @property
+    def features(self) -> int:
+        return self.means.shape[1]
+
+    def _flat(self, x_t: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        sigma = broadcast_sigma(sigma, x_t, check=False)
+        x = x_t.reshape(x_t.shape[0], -1)
+        if x.shape[1] != self.features:
+            raise ValueError(f"x_t must have {self.features} features per sample, got {x.shape[1]}")
+        return x, sigma
+
+    def _posterior_terms(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Returns :math:`\log p(k \mid x_t)` and :math:`v_k`, each with shape :math:`(B, K)`."""
+        means = self.means.to(x.dtype)
+        var = self.std.to(x.dtype) ** 2 + sigma[:, None] ** 2  # (B, K)
+        d2 = torch.cdist(x, means, compute_mode="donot_use_mm_for_euclid_dist") ** 2
+        log_r = (
+            self.log_weights.to(x.dtype) - d2 / (2 * var) - 0.5 * self.features * var.log()
+        )
+        return log_r, var
+
+    def log_prob(self, x_t: Tensor, sigma: Tensor) -> Tensor:
+        r"""Returns :math:`\log p_\sigma(x_t)`, with shape :math:`(B,)`."""
+        x, sigma = self._flat(x_t, sigma)
+        log_r, _ = self._posterior_terms(x, sigma)
+        return torch.logsumexp(log_r, dim=-1) - 0.5 * self.features * math.log(2 * math.pi)
+
+    def responsibilities(self, x_t: Tensor, sigma: Tensor) -> Tensor:
+        r"""Returns :math:`p(k \mid x_t)`, with shape :math:`(B, K)`."""
+        x, sigma = self._flat(x_t, sigma)
+        log_r, _ = self._posterior_terms(x, sigma)
+        return torch.softmax(log_r, dim=-1)
+
+    def _moments(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        log_r, var = self._posterior_terms(x, sigma)
+        r = torch.softmax(log_r, dim=-1)  # (B, K)
+        s2 = self.std.to(x.dtype) ** 2
+        means = self.means.to(x.dtype)
+        m = (sigma[:, None, None] ** 2 * means + s2[:, None] * x[:, None, :]) / var[..., None]
+        return r, m, s2 * sigma[:, None] ** 2 / var  # (B, K), (B, K, D), (B, K)
+
+    def forward(self, x_t: Tensor, sigma: Tensor) -> Tensor:
+        r"""Returns :math:`\mathbb{E}[x \mid x_t]`, with the shape of `x_t`."""
+        x, sigma = self._flat(x_t, sigma)
+        log_r, var = self._posterior_terms(x, sigma)
+        r = torch.softmax(log_r, dim=-1)  # (B, K)
+        s2 = self.std.to(x.dtype) ** 2
+        # sum_k r_k m_k without materializing (B, K, D)
+        out = (r * sigma[:, None] ** 2 / var) @ self.means.to(x.dtype)
+        out = out + (r * s2 / var).sum(dim=-1, keepdim=True) * x
+        return out.reshape(x_t.shape)
+
+    def covariance(self, x_t: Tensor, sigma: Tensor) -> Tensor:
+        r"""Returns :math:`\mathbb{V}[x \mid x_t]`, dense with shape :math:`(B, D, D)`."""
+        x, sigma = self._flat(x_t, sigma)
+        r, m, c = self._moments(x, sigma)
+        mean = torch.einsum("bk,bkd->bd", r, m)
+        dm = m - mean[:, None, :]  # (B, K, D)
+        cov = torch.einsum("bk,bki,bkj->bij", r, dm, dm)
+        return cov + torch.diag_embed((r * c).sum(dim=-1, keepdim=True).expand_as(x))
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        r"""Draws `n` prior samples, with shape :math:`(n, D)`."""
+        k = torch.multinomial(self.log_weights.exp(), n, replacement=True, generator=generator)
+        z = torch.randn(
+            (n, self.features),
+            generator=generator,
+            dtype=self.means.dtype,
+            device=self.means.device,
+        )
+        return self.means[k] + self.std[k, None] * z
+
+    def posterior(self, A: Tensor, y: Tensor, cov_y: Tensor | float) -> "GaussianMixture":
+        r"""Returns the exact posterior :math:`p(x \mid y)` under :math:`y = A x + \varepsilon`.
+
+        Arguments:
+            A: The matrices, with shape :math:`(B, M, D)` or :math:`(M, D)`.
+            y: The observations, with shape :math:`(B, M)`.
+            cov_y: The noise covariance :math:`\Sigma_y`: a scalar, a diagonal with shape
+                :math:`(M,)` or :math:`(B, M)`, or a dense matrix with shape :math:`(B, M, M)`.
+        """
+        B, M = y.shape
+        A = A.to(y.dtype).expand(B, M, self.features)
+        cov_y = torch.as_tensor(cov_y, dtype=y.dtype, device=y.device)
+        if cov_y.ndim <= 2:
+            cov_y = torch.diag_embed(cov_y.expand(B, M))
+        s2 = (self.std.to(y.dtype) ** 2)[None, :, None, None]  # (1, K, 1, 1)
+        means = self.means.to(y.dtype)
+        eye = torch.eye(self.features, dtype=y.dtype, device=y.device)
+        P = A.mT @ torch.linalg.solve(cov_y, A)  # (B, D, D), A^T Σ_y^{-1} A
+        covs = torch.linalg.inv(eye / s2 + P[:, None])  # (B, K, D, D)
+        Aty = (A.mT @ torch.linalg.solve(cov_y, y[..., None])).squeeze(-1)  # (B, D)
+        rhs = means[None] / s2[..., 0] + Aty[:, None, :]  # (B, K, D)
+        post_means = (covs @ rhs[..., None]).squeeze(-1)
+        # evidence of each component: N(y | A μ_k, s_k² A Aᵀ + Σ_y)
+        y_cov = s2 * (A @ A.mT)[:, None] + cov_y[:, None]  # (B, K, M, M)
+        y_mean = torch.einsum("bmd,kd->bkm", A, means)
+        L = torch.linalg.cholesky(y_cov)
+        z = torch.linalg.solve_triangular(L, (y[:, None] - y_mean)[..., None], upper=False)
+        log_ev = (
+            -0.5 * z.squeeze(-1).pow(2).sum(-1)
+            - L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+            - 0.5 * M * math.log(2 * math.pi)
+        )
+        log_weights = torch.log_softmax(self.log_weights.to(y.dtype) + log_ev, dim=-1)
+        return GaussianMixture(log_weights, post_means, covs)
+
+
+class GaussianMixture:
+    r"""A batch of Gaussian mixtures with full covariances,
+    :math:`\sum_k \pi_{bk} \, \mathcal{N}(m_{bk}, C_{bk})`.
+
+    Arguments:
+        log_weights: The log-weights :math:`\log \pi`, with shape :math:`(B, K)`.
+        means: The means :math:`m`, with shape :math:`(B, K, D)`.
+        covs: The covariances :math:`C`, with shape :math:`(B, K, D, D)`.
+    """
+
+    def __init__(self, log_weights: Tensor, means: Tensor, covs: Tensor):
+        self.log_weights, self.means, self.covs = log_weights, means, covs
+
+    def mean(self) -> Tensor:
+        r"""Returns the mixture means, with shape :math:`(B, D)`."""
+        return torch.einsum("bk,bkd->bd", self.log_weights.exp(), self.means)
+
+    def covariance(self) -> Tensor:
+        r"""Returns the mixture covariances, with shape :math:`(B, D, D)`."""
+        w = self.log_weights.exp()
+        dm = self.means - self.mean()[:, None, :]
+        return torch.einsum("bk,bkij->bij", w, self.covs) + torch.einsum(
+            "bk,bki,bkj->bij", w, dm, dm
+        )
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        r"""Draws `n` samples per mixture, with shape :math:`(B, n, D)`."""
+        B, K, D = self.means.shape
+        k = torch.multinomial(self.log_weights.exp(), n, replacement=True, generator=generator)
+        L = torch.linalg.cholesky(self.covs)  # (B, K, D, D)
+        z = torch.randn((B, n, D, 1), generator=generator, dtype=self.means.dtype)
+        z = z.to(self.means.device)
+        idx = torch.arange(B, device=k.device)[:, None]
+        return self.means[idx, k] + (L[idx, k] @ z).squeeze(-1)

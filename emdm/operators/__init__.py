@@ -1,0 +1,14 @@
+r"""Linear operators :math:`x \mapsto A x` with explicit adjoints :math:`A^T`."""
+
+from .base import AutogradAdjoint, Identity, LinearOperator, transpose
+from .dense import DenseOperator
+from .mask import MaskOperator
+
+__all__ = [
+    "AutogradAdjoint",
+    "DenseOperator",
+    "Identity",
+    "LinearOperator",
+    "MaskOperator",
+    "transpose",
+]

@@ -1,0 +1,205 @@
+r"""Diffusion samplers on the VE process :math:`x_t = x + \sigma_t z` (protocols §1.5).
+
+With :math:`N` steps and :math:`\Delta = 1 / N`, the time grid is :math:`t_i = 1 - i \Delta`,
+:math:`i = 0, \dots, N - 1`, and each step goes from :math:`t = t_i` to :math:`s = t - \Delta`.
+The last step ends at :math:`\sigma(0) = \sigma_{min}`, not at 0; the sampler then returns one
+more denoiser call :math:`d(x, \sigma(0))`. Subclasses implement only :meth:`Sampler.step`.
+
+References:
+    | Denoising Diffusion Probabilistic Models (Ho et al., 2020)
+    | https://arxiv.org/abs/2006.11239
+    | Denoising Diffusion Implicit Models (Song et al., 2021)
+    | https://arxiv.org/abs/2010.02502
+    | Score-Based Generative Modeling through Stochastic Differential Equations (Song et al., 2021)
+    | https://arxiv.org/abs/2011.13456
+"""
+
+__all__ = ["DDIM", "DDPM", "SAMPLERS", "PredictorCorrector", "Sampler", "randn_like", "sample"]
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .schedule import Schedule
+
+Generator = torch.Generator | Sequence[torch.Generator] | None
+
+
+def randn_like(x: Tensor, generator: Generator = None) -> Tensor:
+    r"""Draws :math:`z \sim \mathcal{N}(0, I)` with the shape of `x`.
+
+    With a sequence of generators, one per sample, sample :math:`b` draws from generator
+    :math:`b` only, so its noise does not depend on the batch it is in.
+    """
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    if len(generator) != x.shape[0]:
+        raise ValueError(f"expected one generator per sample ({x.shape[0]}), got {len(generator)}")
+    return torch.stack(
+        [
+            torch.randn(x.shape[1:], generator=g, dtype=x.dtype, device=g.device).to(x.device)
+            for g in generator
+        ]
+    )
+
+
+class Sampler(ABC):
+    r"""Abstract diffusion sampler.
+
+    Arguments:
+        denoiser: A denoiser :math:`d(x_t, \sigma)`, e.g. an :class:`emdm.MMPS`.
+        schedule: The noise schedule.
+        steps: The number of steps :math:`N`.
+        progress: Whether to show a progress bar.
+    """
+
+    #: The number of denoiser calls per step.
+    calls_per_step: int = 1
+
+    def __init__(
+        self,
+        denoiser: Callable[[Tensor, Tensor], Tensor],
+        schedule: Schedule,
+        steps: int = 64,
+        progress: bool = False,
+    ):
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        if not isinstance(schedule, Schedule):
+            raise ValueError(f"schedule must be an emdm Schedule, got {type(schedule).__name__}")
+        self.denoiser, self.schedule, self.steps, self.progress = (
+            denoiser,
+            schedule,
+            steps,
+            progress,
+        )
+
+    def sigma(self, t: float, x: Tensor) -> Tensor:
+        r"""Returns :math:`\sigma_t` expanded to shape :math:`(B,)`."""
+        sigma_t = self.schedule.sigma_ve(torch.tensor(t, dtype=torch.float64))
+        return sigma_t.to(dtype=x.dtype, device=x.device).expand(x.shape[0])
+
+    def denoise(self, x_t: Tensor, t: float) -> Tensor:
+        return self.denoiser(x_t, self.sigma(t, x_t))
+
+    @abstractmethod
+    def step(self, x_t: Tensor, t: float, s: float, generator: Generator = None) -> Tensor:
+        r"""Returns :math:`x_s` given :math:`x_t`, for :math:`s < t`."""
+
+    @torch.no_grad()
+    def __call__(self, x_1: Tensor, generator: Generator = None) -> Tensor:
+        r"""
+        Arguments:
+            x_1: The initial state at :math:`t = 1`, with shape :math:`(B, *)`.
+            generator: A generator, or one per sample, for the noise of stochastic steps.
+
+        Returns:
+            The final estimate :math:`d(x_{t=0}, \sigma(0))`, with shape :math:`(B, *)`.
+        """
+        if not isinstance(x_1, Tensor) or x_1.ndim < 1 or not x_1.is_floating_point():
+            raise ValueError("x_1 must be a floating-point tensor with shape (B, *)")
+        delta = 1 / self.steps
+        x = x_1
+        for i in tqdm(range(self.steps), disable=not self.progress, desc="sampling"):
+            t = 1 - i * delta
+            x = self.step(x, t, t - delta, generator)
+        return self.denoise(x, 0.0)
+
+
+class DDPM(Sampler):
+    r"""Ancestral (DDPM) sampler.
+
+    .. math:: x_s = x_t - \tau (x_t - d(x_t, \sigma_t)) + \sigma_s \sqrt{\tau} \, \varepsilon,
+        \quad \tau = 1 - \sigma_s^2 / \sigma_t^2
+    """
+
+    def step(self, x_t: Tensor, t: float, s: float, generator: Generator = None) -> Tensor:
+        sigma_t, sigma_s = self.sigma(t, x_t)[0], self.sigma(s, x_t)[0]
+        tau = 1 - (sigma_s / sigma_t) ** 2
+        x_hat = self.denoise(x_t, t)
+        return x_t - tau * (x_t - x_hat) + sigma_s * tau.sqrt() * randn_like(x_t, generator)
+
+
+class DDIM(Sampler):
+    r"""Deterministic DDIM sampler.
+
+    .. math:: x_s = x_t - (1 - \sigma_s / \sigma_t) (x_t - d(x_t, \sigma_t))
+    """
+
+    def step(self, x_t: Tensor, t: float, s: float, generator: Generator = None) -> Tensor:
+        sigma_t, sigma_s = self.sigma(t, x_t)[0], self.sigma(s, x_t)[0]
+        x_hat = self.denoise(x_t, t)
+        return x_t - (1 - sigma_s / sigma_t) * (x_t - x_hat)
+
+
+class PredictorCorrector(DDIM):
+    r"""DDIM predictor followed by Langevin corrections at level :math:`s`.
+
+    .. math:: x \leftarrow x - \tau (x - d(x, \sigma_s)) + \sigma_s \sqrt{2 \tau} \, \varepsilon
+
+    Arguments:
+        corrections: The number of Langevin corrections per step.
+        tau: The Langevin step size :math:`\tau` (0.1 in the paper).
+        kwargs: The arguments of :class:`Sampler`.
+    """
+
+    def __init__(self, *args, corrections: int = 1, tau: float = 0.1, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(corrections, int) or corrections < 0:
+            raise ValueError(f"corrections must be a non-negative integer, got {corrections!r}")
+        if not tau > 0:
+            raise ValueError(f"tau must be positive, got {tau}")
+        self.corrections, self.tau = corrections, tau
+        self.calls_per_step = 1 + corrections
+
+    def step(self, x_t: Tensor, t: float, s: float, generator: Generator = None) -> Tensor:
+        x_s = super().step(x_t, t, s, generator)
+        sigma_s = self.sigma(s, x_s)[0]
+        for _ in range(self.corrections):
+            x_hat = self.denoise(x_s, s)
+            z = randn_like(x_s, generator)
+            x_s = x_s - self.tau * (x_s - x_hat) + sigma_s * math.sqrt(2 * self.tau) * z
+        return x_s
+
+
+SAMPLERS: dict[str, type[Sampler]] = {
+    "ddpm": DDPM,
+    "ddim": DDIM,
+    "pc": PredictorCorrector,
+}
+
+
+def sample(
+    denoiser: Callable[[Tensor, Tensor], Tensor],
+    x1: Tensor,
+    schedule: Schedule,
+    sampler: str = "ddpm",
+    steps: int = 64,
+    generator: Generator = None,
+    progress: bool = False,
+    **kwargs,
+) -> Tensor:
+    r"""Draws samples by running a sampler from :math:`x_1` to :math:`t = 0`.
+
+    Arguments:
+        denoiser: A denoiser :math:`d(x_t, \sigma)`, e.g. an :class:`emdm.MMPS`.
+        x1: The initial state, typically :math:`\mu + \sigma(1) z`, with shape :math:`(B, *)`.
+        schedule: The noise schedule.
+        sampler: One of `"ddpm"`, `"ddim"` or `"pc"`.
+        steps: The number of steps.
+        generator: A generator, or one per sample, for the noise of stochastic steps.
+        progress: Whether to show a progress bar.
+        kwargs: Extra arguments of the sampler (e.g. `corrections`, `tau` for `"pc"`).
+
+    Returns:
+        The samples, with shape :math:`(B, *)`.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {tuple(SAMPLERS)}, got {sampler!r}")
+    return SAMPLERS[sampler](denoiser, schedule, steps=steps, progress=progress, **kwargs)(
+        x1, generator
+    )

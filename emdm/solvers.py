@@ -1,0 +1,137 @@
+r"""Iterative linear solvers for symmetric positive definite systems.
+
+The conjugate gradient (CG) method solves :math:`C x = b` for a symmetric positive definite
+:math:`C` given only through its action :math:`v \mapsto C v`. Starting from :math:`x_0 = 0`
+(so :math:`r_0 = p_0 = b`), each iteration performs
+
+.. math::
+    \alpha_k & = \frac{r_k^T r_k}{p_k^T C p_k} \\
+    x_{k+1} & = x_k + \alpha_k p_k \\
+    r_{k+1} & = r_k - \alpha_k C p_k \\
+    \beta_k & = \frac{r_{k+1}^T r_{k+1}}{r_k^T r_k} \\
+    p_{k+1} & = r_{k+1} + \beta_k p_k
+
+References:
+    | Methods of Conjugate Gradients for Solving Linear Systems (Hestenes & Stiefel, 1952)
+    | https://doi.org/10.6028/jres.049.044
+"""
+
+__all__ = ["CGInfo", "cg"]
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+DOTS = ("sample", "batch")
+
+
+class CGInfo(NamedTuple):
+    r"""Diagnostics of a :func:`cg` call, as tensors (reading them synchronizes).
+
+    Attributes:
+        nonpositive: How many times the curvature guard fired (:math:`p^T C p \leq 0` or not
+            finite), per sample with shape :math:`(B,)`, or in total for `dot="batch"`.
+        residual: The residual norm :math:`\|r_k\|` after the last iteration, with shape
+            :math:`(B,)`, or :math:`()` for `dot="batch"`.
+    """
+
+    nonpositive: Tensor
+    residual: Tensor
+
+
+def _dot(u: Tensor, v: Tensor, dot: str, dtype: torch.dtype) -> Tensor:
+    uv = u.to(dtype) * v.to(dtype)
+    if dot == "batch":
+        return uv.sum()
+    return uv.flatten(1).sum(dim=1)
+
+
+def _expand(s: Tensor, like: Tensor) -> Tensor:
+    r"""Reshapes a per-sample scalar :math:`(B,)` to broadcast against `like` :math:`(B, *)`."""
+    if s.ndim == 0:
+        return s
+    return s.reshape(s.shape + (1,) * (like.ndim - 1))
+
+
+def cg(
+    matvec: Callable[[Tensor], Tensor],
+    b: Tensor,
+    iterations: int,
+    *,
+    x0: Tensor | None = None,
+    dot: str = "sample",
+    accumulate: torch.dtype | None = None,
+    rtol: float = 0.0,
+    return_info: bool = False,
+) -> Tensor | tuple[Tensor, CGInfo]:
+    r"""Solves the batched systems :math:`C x = b` by conjugate gradient.
+
+    Wherever :math:`p_k^T C p_k \leq 0` (the operator is not positive definite along
+    :math:`p_k`, as an untrained network's Jacobian may be) or is not finite, the iterate is
+    frozen at its last finite value instead of dividing by it, and the event is counted.
+
+    Warning:
+        The number of iterations is fixed: there is no early exit, so no host-device
+        synchronization. A sample whose residual satisfies
+        :math:`\|r_k\| \leq \text{rtol} \, \|b\|` stops changing, but `matvec` is still
+        evaluated for it.
+
+    Arguments:
+        matvec: The operator :math:`v \mapsto C v`, on tensors with the shape of `b`.
+        b: The right-hand sides, with shape :math:`(B, *)`.
+        iterations: The number of iterations, a non-negative integer.
+        x0: An initial guess, with the shape of `b` (one more `matvec`). Defaults to 0.
+        dot: `"sample"` for inner products per sample (a sample's solution then does not
+            depend on its batch-mates) or `"batch"` for inner products over the whole batch,
+            as `jax.scipy.sparse.linalg.cg` on a batch array does (protocols §1.8).
+        accumulate: The dtype of inner products and step sizes (e.g. `torch.float64`).
+            Defaults to the dtype of `b`.
+        rtol: The relative residual tolerance below which a system stops being updated.
+        return_info: Whether to also return a :class:`CGInfo`.
+
+    Returns:
+        The solutions :math:`x`, with the shape of `b`, and a :class:`CGInfo` if asked.
+    """
+    if dot not in DOTS:
+        raise ValueError(f"dot must be one of {DOTS}, got {dot!r}")
+    if not isinstance(iterations, int) or iterations < 0:
+        raise ValueError(f"iterations must be a non-negative integer, got {iterations!r}")
+    if b.ndim < 1:
+        raise ValueError(f"b must have shape (B, *), got a scalar {tuple(b.shape)}")
+    if x0 is not None and x0.shape != b.shape:
+        raise ValueError(f"x0 must have the shape of b {tuple(b.shape)}, got {tuple(x0.shape)}")
+    acc = b.dtype if accumulate is None else accumulate
+
+    if x0 is None:
+        x, r = torch.zeros_like(b), b
+    else:
+        x, r = x0, b - matvec(x0)
+    p = r
+    rr = _dot(r, r, dot, acc)
+    tol = rtol**2 * _dot(b, b, dot, acc)
+    active = torch.ones_like(rr, dtype=torch.bool)
+    nonpositive = torch.zeros_like(rr, dtype=torch.int64)
+
+    for _ in range(iterations):
+        Cp = matvec(p)
+        pCp = _dot(p, Cp, dot, acc)
+        unsolved = rr > tol
+        curved = (pCp > 0) & torch.isfinite(pCp)
+        nonpositive = nonpositive + (active & unsolved & ~curved)
+        active = active & unsolved & curved
+
+        alpha = torch.where(active, rr / torch.where(active, pCp, 1), 0)
+        step = _expand(active, b)
+        alpha = _expand(alpha.to(b.dtype), b)
+        x = torch.where(step, x + alpha * p, x)
+        r = torch.where(step, r - alpha * Cp, r)
+        rr_next = _dot(r, r, dot, acc)
+        beta = torch.where(active, rr_next / torch.where(active, rr, 1), 0)
+        p = torch.where(step, r + _expand(beta.to(b.dtype), b) * p, p)
+        rr = torch.where(active, rr_next, rr)
+
+    if return_info:
+        return x, CGInfo(nonpositive=nonpositive, residual=rr.sqrt())
+    return x
