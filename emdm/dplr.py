@@ -107,7 +107,7 @@ class DPLR:
         r"""Returns :math:`\Sigma x` for vectors `x` with shape :math:`(*, N)`."""
         out = self.D * x
         if self.U is not None:
-            out = out + (self.U @ (self.V @ x.unsqueeze(-1))).squeeze(-1)
+            out = out + _matvec(self.U, _matvec(self.V, x))
         return out
 
     def __add__(self, other) -> "DPLR":
@@ -137,7 +137,8 @@ class DPLR:
     def capacitance(self) -> Tensor:
         r"""Returns :math:`W = I_r + V D^{-1} U`, with shape :math:`(*, r, r)`."""
         eye = torch.eye(self.rank, dtype=self.D.dtype, device=self.D.device)
-        return eye + self.V @ (self.U / self.D[..., None])
+        # (V D^-1) U: with shared factors and a batched D, one folded matmul, not B tiny ones
+        return eye + (self.V / self.D[..., None, :]) @ self.U
 
     def solve(self, x: Tensor) -> Tensor:
         r"""Returns :math:`\Sigma^{-1} x` for vectors `x` with shape :math:`(*, N)` (Woodbury)."""
@@ -145,8 +146,8 @@ class DPLR:
         if self.U is None:
             return y
         W = self.capacitance()
-        z = torch.linalg.solve(W, (self.V @ y.unsqueeze(-1)))  # (*, r, 1)
-        return y - (self.U @ z).squeeze(-1) / self.D
+        z = torch.linalg.solve(W, _matvec(self.V, y).unsqueeze(-1)).squeeze(-1)  # (*, r)
+        return y - _matvec(self.U, z) / self.D
 
     @property
     def inv(self) -> "DPLR":
@@ -172,3 +173,14 @@ class DPLR:
 
     def __repr__(self) -> str:
         return f"DPLR(shape={tuple(self.shape)}, rank={self.rank}, dtype={self.dtype})"
+
+
+def _matvec(M: Tensor, x: Tensor) -> Tensor:
+    r"""Returns :math:`M x` for matrices :math:`(*, m, n)` and vectors :math:`(*, n)`.
+
+    A shared (2-D) matrix is applied as `x @ M.T`, which folds the batch of vectors into a
+    single matrix product instead of a batch of matrix-vector products.
+    """
+    if M.ndim == 2:
+        return x @ M.mT
+    return (M @ x.unsqueeze(-1)).squeeze(-1)

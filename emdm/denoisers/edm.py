@@ -1,7 +1,7 @@
 r"""EDM-preconditioned denoiser around a network (protocols §1.3).
 
-.. math:: d_\theta(x_t, \sigma) = c_\text{skip}(\sigma) \, x_t
-    + c_\text{out}(\sigma) \, F_\theta\big(c_\text{in}(\sigma) \, x_t, e(c_\text{noise}(\sigma))\big)
+.. math:: d_\theta(x_t, \sigma) = c_\text{skip}(\sigma) \, x_t + c_\text{out}(\sigma) \,
+    F_\theta\big(c_\text{in}(\sigma) \, x_t, e(c_\text{noise}(\sigma))\big)
 
 with :math:`\sigma_\text{data} = 1`, so :math:`c_\text{skip} = 1 / (\sigma^2 + 1)`,
 :math:`c_\text{out} = \sigma / \sqrt{\sigma^2 + 1}`, :math:`c_\text{in} = 1 / \sqrt{\sigma^2 + 1}`

@@ -54,7 +54,9 @@ class GaussianDenoiser(nn.Module):
         B = x_t.shape[0]
         x = x_t.reshape(B, -1)
         if x.shape[1] != self.cov.size:
-            raise ValueError(f"x_t must have {self.cov.size} features per sample, got {x.shape[1]}")
+            raise ValueError(
+                f"x_t must have {self.cov.size} features per sample, got {x.shape[1]}"
+            )
         mu = self.mean.reshape(-1).to(x)
         cov = self.cov.to(x.dtype)
         shifted = cov + sigma[:, None] ** 2  # (B, D) diagonal

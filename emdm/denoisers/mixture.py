@@ -14,7 +14,8 @@ For a prior :math:`p(x) = \sum_k w_k \, \mathcal{N}(x \mid \mu_k, s_k^2 I)` in
 and :math:`\mathbb{V}[x \mid x_t] = \sigma^2 I + \sigma^4 \nabla^2 \log p_\sigma(x_t)`, the
 Hessian form of Tweedie's formula. Responsibilities are computed in log-space and distances
 without the expansion :math:`\|x\|^2 - 2 x^T \mu + \|\mu\|^2`, so they stay accurate in
-float32 far from the components.
+float32 far from the components (at the cost of a :math:`(B, K, D)` intermediate: chunk large
+batches).
 
 Under a linear-Gaussian observation :math:`y = A x + \varepsilon`,
 :math:`\varepsilon \sim \mathcal{N}(0, \Sigma_y)`, the posterior is again a mixture,
@@ -76,17 +77,17 @@ class MixtureDenoiser(nn.Module):
         sigma = broadcast_sigma(sigma, x_t, check=False)
         x = x_t.reshape(x_t.shape[0], -1)
         if x.shape[1] != self.features:
-            raise ValueError(f"x_t must have {self.features} features per sample, got {x.shape[1]}")
+            raise ValueError(
+                f"x_t must have {self.features} features per sample, got {x.shape[1]}"
+            )
         return x, sigma
 
     def _posterior_terms(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
         r"""Returns :math:`\log p(k \mid x_t)` and :math:`v_k`, each with shape :math:`(B, K)`."""
         means = self.means.to(x.dtype)
         var = self.std.to(x.dtype) ** 2 + sigma[:, None] ** 2  # (B, K)
-        d2 = torch.cdist(x, means, compute_mode="donot_use_mm_for_euclid_dist") ** 2
-        log_r = (
-            self.log_weights.to(x.dtype) - d2 / (2 * var) - 0.5 * self.features * var.log()
-        )
+        d2 = (x[:, None, :] - means).square().sum(dim=-1)  # (B, K), exact: no |x|² - 2xμ + |μ|²
+        log_r = self.log_weights.to(x.dtype) - d2 / (2 * var) - 0.5 * self.features * var.log()
         return log_r, var
 
     def log_prob(self, x_t: Tensor, sigma: Tensor) -> Tensor:
@@ -203,7 +204,7 @@ class GaussianMixture:
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         r"""Draws `n` samples per mixture, with shape :math:`(B, n, D)`."""
-        B, K, D = self.means.shape
+        B, _, D = self.means.shape
         k = torch.multinomial(self.log_weights.exp(), n, replacement=True, generator=generator)
         L = torch.linalg.cholesky(self.covs)  # (B, K, D, D)
         z = torch.randn((B, n, D, 1), generator=generator, dtype=self.means.dtype)

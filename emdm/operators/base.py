@@ -98,7 +98,9 @@ class AutogradAdjoint:
 
     def __call__(self, u: Tensor) -> Tensor:
         if u.shape != self.y.shape:
-            raise ValueError(f"expected a tensor of shape {tuple(self.y.shape)}, got {tuple(u.shape)}")
+            raise ValueError(
+                f"expected a tensor of shape {tuple(self.y.shape)}, got {tuple(u.shape)}"
+            )
         (out,) = torch.autograd.grad(self.y, self.x, u, retain_graph=True)
         return out
 

@@ -20,14 +20,22 @@ class DenseOperator(LinearOperator):
         matrix: The matrices, with shape :math:`(B, M, D)` (one per sample) or :math:`(M, D)`
             (shared). Inputs :math:`x` with shape :math:`(B, *)` are flattened to
             :math:`(B, D)`; outputs have shape :math:`(B, M)`.
+        in_shape: The event shape of the inputs, which the adjoint's outputs take, e.g.
+            :math:`(C, H, W)`. Defaults to :math:`(D,)`.
     """
 
-    def __init__(self, matrix: Tensor):
+    def __init__(self, matrix: Tensor, in_shape: tuple[int, ...] | None = None):
         if matrix.ndim not in (2, 3):
             raise ValueError(
                 f"matrix must have shape (B, M, D) or (M, D), got {tuple(matrix.shape)}"
             )
-        self.matrix = matrix
+        in_shape = (matrix.shape[-1],) if in_shape is None else tuple(in_shape)
+        if math.prod(in_shape) != matrix.shape[-1]:
+            raise ValueError(
+                f"in_shape {in_shape} has {math.prod(in_shape)} elements, expected "
+                f"{matrix.shape[-1]} (the columns of matrix)"
+            )
+        self.matrix, self.in_shape = matrix, in_shape
 
     @property
     def in_features(self) -> int:
@@ -39,10 +47,10 @@ class DenseOperator(LinearOperator):
 
     def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
         B, *event = in_shape
-        if math.prod(event) != self.in_features:
+        if tuple(event) != self.in_shape:
             raise ValueError(
-                f"A expects inputs with {self.in_features} features per sample, "
-                f"got x of shape {tuple(in_shape)}"
+                f"A expects inputs of shape (B, *{self.in_shape}), got x of shape "
+                f"{tuple(in_shape)}"
             )
         if self.matrix.ndim == 3 and self.matrix.shape[0] != B:
             raise ValueError(
@@ -59,8 +67,10 @@ class DenseOperator(LinearOperator):
 
     def adjoint(self, y: Tensor) -> Tensor:
         if self.matrix.ndim == 2:
-            return y @ self.matrix
-        return torch.einsum("bmd,bm->bd", self.matrix, y)
+            x = y @ self.matrix
+        else:
+            x = torch.einsum("bmd,bm->bd", self.matrix, y)
+        return x.reshape(x.shape[:1] + self.in_shape)
 
     def __repr__(self) -> str:
         return f"DenseOperator(matrix={tuple(self.matrix.shape)})"

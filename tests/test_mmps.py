@@ -1,0 +1,241 @@
+r"""MMPS against the closed-form posterior mean of linear-Gaussian models.
+
+For a prior x ~ N(μ, Σ) and x_t = x + σ z, p(x | x_t) = N(m, V) with
+m = μ + Σ (Σ + σ² I)⁻¹ (x_t − μ) and V = (Σ⁻¹ + σ⁻² I)⁻¹; with y = A x + ε, ε ~ N(0, Σ_y),
+E[x | x_t, y] = m + V Aᵀ (Σ_y + A V Aᵀ)⁻¹ (y − A m). MMPS is exact there.
+"""
+
+import pytest
+import torch
+from conftest import random_dplr
+
+from emdm import (
+    DPLR,
+    MMPS,
+    DenseOperator,
+    EDMDenoiser,
+    GaussianDenoiser,
+    MaskOperator,
+    MixtureDenoiser,
+)
+from emdm.nn import TimeMLP
+
+B, D, M = 6, 8, 3
+SIGMAS = [1e-3, 0.1, 1.0, 10.0, 100.0]
+I = torch.eye(D, dtype=torch.float64)
+
+
+@pytest.fixture
+def problem(gen):
+    Dg, U = random_dplr(D, 3, gen)
+    cov_x = DPLR(Dg, U)
+    mu = torch.randn(D, generator=gen, dtype=torch.float64)
+    A = torch.randn((B, M, D), generator=gen, dtype=torch.float64)
+    y = torch.randn((B, M), generator=gen, dtype=torch.float64)
+    x_t = torch.randn((B, D), generator=gen, dtype=torch.float64)
+    return GaussianDenoiser(mu, cov_x), cov_x, mu, A, y, x_t
+
+
+def posterior_mean(m, V, A, y, cov_y):
+    """m + V Aᵀ (Σ_y + A V Aᵀ)⁻¹ (y − A m), per sample, all dense."""
+    C = cov_y + A @ V @ A.mT
+    v = torch.linalg.solve(C, (y - (A @ m[..., None])[..., 0])[..., None])
+    return m + (V @ A.mT @ v)[..., 0]
+
+
+def gaussian_moments(cov_x, mu, x_t, sigma):
+    S = cov_x.dense()
+    m = mu + (S @ torch.linalg.solve(S + sigma**2 * I, (x_t - mu)[..., None]))[..., 0]
+    V = torch.linalg.inv(torch.linalg.inv(S) + I / sigma**2)
+    return m, V
+
+
+@pytest.mark.parametrize("sigma", SIGMAS)
+def test_tweedie_equals_closed_form_and_prior_covariance_path(problem, sigma):
+    denoiser, cov_x, mu, A, y, x_t = problem
+    cov_y = 0.05**2
+    s = torch.full((B,), sigma, dtype=torch.float64)
+    m, V = gaussian_moments(cov_x, mu, x_t, sigma)
+    expected = posterior_mean(m, V, A, y, cov_y * torch.eye(M, dtype=torch.float64))
+    # CG on an M×M SPD system is exact after M iterations; a few more guard round-off
+    tweedie = MMPS(denoiser, DenseOperator(A), y, cov_y, "tweedie", iterations=2 * M)(x_t, s)
+    explicit = MMPS(denoiser, DenseOperator(A), y, cov_y, cov_x, iterations=2 * M)(x_t, s)
+    scale = expected.abs().max()
+    torch.testing.assert_close(tweedie, expected, rtol=0, atol=1e-9 * scale)
+    torch.testing.assert_close(explicit, expected, rtol=0, atol=1e-9 * scale)
+    torch.testing.assert_close(tweedie, explicit, rtol=0, atol=1e-9 * scale)
+
+
+@pytest.mark.parametrize("sigma", [0.1, 1.0, 10.0])
+@pytest.mark.parametrize("covariance", ["zero", "sigma_t", "identity"])
+def test_heuristic_covariances(problem, sigma, covariance):
+    r"""E ≈ x̂ + σ² Jᵀ Aᵀ (Σ_y + A V_t Aᵀ)⁻¹ (y − A x̂) with V_t the heuristic, J exact."""
+    denoiser, cov_x, mu, A, y, x_t = problem
+    cov_y = 0.1**2
+    s = torch.full((B,), sigma, dtype=torch.float64)
+    m, V_true = gaussian_moments(cov_x, mu, x_t, sigma)
+    J_T = V_true / sigma**2  # σ² J = V for a Gaussian, and J is symmetric
+    V = {"zero": 0 * I, "sigma_t": sigma**2 * I, "identity": sigma**2 / (1 + sigma**2) * I}
+    C = cov_y * torch.eye(M, dtype=torch.float64) + A @ V[covariance] @ A.mT
+    v = torch.linalg.solve(C, (y - (A @ m[..., None])[..., 0])[..., None])
+    expected = m + sigma**2 * (J_T @ A.mT @ v)[..., 0]
+    out = MMPS(denoiser, DenseOperator(A), y, cov_y, covariance, iterations=2 * M)(x_t, s)
+    torch.testing.assert_close(out, expected)
+
+
+def test_noise_covariance_forms_agree(problem, gen):
+    denoiser, cov_x, mu, A, y, x_t = problem
+    s = torch.full((B,), 0.5, dtype=torch.float64)
+    m, V = gaussian_moments(cov_x, mu, x_t, 0.5)
+    diag = torch.rand((B, M), generator=gen, dtype=torch.float64) * 0.1 + 0.01
+    U = 0.1 * torch.randn((M, 2), generator=gen, dtype=torch.float64)
+    cases = [
+        (0.01, 0.01 * torch.eye(M, dtype=torch.float64)),
+        (diag, torch.diag_embed(diag)),
+        (DPLR(diag[0], U), DPLR(diag[0], U).dense()),
+    ]
+    for cov_y, dense in cases:
+        out = MMPS(denoiser, DenseOperator(A), y, cov_y, iterations=3 * M)(x_t, s)
+        torch.testing.assert_close(out, posterior_mean(m, V, A, y, dense))
+
+
+def test_callable_without_adjoint_uses_autograd(problem):
+    denoiser, cov_x, mu, A, y, x_t = problem
+    s = torch.full((B,), 0.3, dtype=torch.float64)
+    explicit = MMPS(denoiser, DenseOperator(A), y, 0.01, iterations=M)(x_t, s)
+    implicit = MMPS(denoiser, lambda x: torch.einsum("bmd,bd->bm", A, x), y, 0.01, iterations=M)
+    torch.testing.assert_close(implicit(x_t, s), explicit)
+
+
+def test_inpainting_images_with_mask(gen):
+    shape = (2, 3, 3)  # (C, H, W)
+    Dn = 18
+    Dg, U = random_dplr(Dn, 2, gen)
+    cov_x = DPLR(Dg, U)
+    mu = torch.randn(shape, generator=gen, dtype=torch.float64)
+    mask = (torch.rand((4, 1, 3, 3), generator=gen) > 0.4).double()
+    x_t = torch.randn((4, *shape), generator=gen, dtype=torch.float64)
+    y = mask * torch.randn((4, *shape), generator=gen, dtype=torch.float64)
+    sigma = 0.7
+    out = MMPS(GaussianDenoiser(mu, cov_x), MaskOperator(mask), y, 0.01, iterations=Dn)(
+        x_t, torch.full((4,), sigma, dtype=torch.float64)
+    )
+    # dense reference: A = diag(mask) on the flattened signal; unobserved y entries are 0 = A m
+    A = torch.diag_embed(mask.expand(4, *shape).flatten(1))
+    Ib = torch.eye(Dn, dtype=torch.float64)
+    S = cov_x.dense()
+    m = (
+        mu.flatten()
+        + (S @ torch.linalg.solve(S + sigma**2 * Ib, (x_t.flatten(1) - mu.flatten()).T)).T
+    )
+    V = torch.linalg.inv(torch.linalg.inv(S) + Ib / sigma**2)
+    expected = posterior_mean(m, V, A, y.flatten(1), 0.01 * Ib)
+    assert out.shape == x_t.shape
+    torch.testing.assert_close(out.flatten(1), expected)
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.5, 2.0])
+def test_mixture_tweedie_uses_the_exact_covariance(gen, sigma):
+    r"""For a non-Gaussian prior, the Tweedie V_t = σ² J is the exact V[x | x_t] (Hessian
+    form): MMPS equals the moment-matching formula evaluated with MixtureDenoiser.covariance."""
+    means = 2 * torch.rand((5, 4), generator=gen, dtype=torch.float64) - 1
+    denoiser = MixtureDenoiser(means, 0.2)
+    A = torch.randn((B, 2, 4), generator=gen, dtype=torch.float64)
+    y = torch.randn((B, 2), generator=gen, dtype=torch.float64)
+    x_t = torch.randn((B, 4), generator=gen, dtype=torch.float64)
+    s = torch.full((B,), sigma, dtype=torch.float64)
+    m, V = denoiser(x_t, s), denoiser.covariance(x_t, s)
+    expected = posterior_mean(m, V, A, y, 0.01 * torch.eye(2, dtype=torch.float64))
+    out = MMPS(denoiser, DenseOperator(A), y, 0.01, iterations=4)(x_t, s)
+    torch.testing.assert_close(out, expected)
+
+
+class CountingDenoiser(torch.nn.Module):
+    """A denoiser that counts its forward passes and the backward passes through it."""
+
+    def __init__(self, denoiser):
+        super().__init__()
+        self.denoiser, self.forwards, self.backwards = denoiser, 0, 0
+
+    def forward(self, x_t, sigma):
+        self.forwards += 1
+        out = self.denoiser(x_t, sigma)
+        if out.requires_grad:
+            out.register_hook(self._count)
+        return out
+
+    def _count(self, grad):
+        self.backwards += 1
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_cost_floor_one_forward_k_plus_one_vjps(problem, k):
+    denoiser, cov_x, mu, A, y, x_t = problem
+    counting = CountingDenoiser(denoiser)
+    s = torch.full((B,), 1.0, dtype=torch.float64)
+    MMPS(counting, DenseOperator(A), y, 0.01, iterations=k)(x_t, s)
+    assert (counting.forwards, counting.backwards) == (1, k + 1)
+    counting = CountingDenoiser(denoiser)
+    MMPS(counting, DenseOperator(A), y, 0.01, "sigma_t", iterations=k)(x_t, s)
+    assert (counting.forwards, counting.backwards) == (1, 1)
+
+
+def test_untrained_network_stays_finite(gen):
+    torch.manual_seed(0)
+    net = EDMDenoiser(TimeMLP(8, emb_features=16, hidden_features=(32, 32)), emb_features=16)
+    net = net.double()
+    A = torch.randn((B, M, 8), generator=gen, dtype=torch.float64)
+    y = torch.randn((B, M), generator=gen, dtype=torch.float64)
+    x_t = 10 * torch.randn((B, 8), generator=gen, dtype=torch.float64)
+    out = MMPS(net, DenseOperator(A), y, 1e-4, iterations=5)(x_t, torch.full((B,), 10.0))
+    assert torch.isfinite(out).all() and not out.requires_grad
+
+
+def test_per_sample_result_does_not_depend_on_batch(problem):
+    denoiser, cov_x, mu, A, y, x_t = problem
+    s = torch.full((B,), 1.0, dtype=torch.float64)
+    full = MMPS(denoiser, DenseOperator(A), y, 0.01, iterations=1)(x_t, s)
+    one = MMPS(denoiser, DenseOperator(A[:2]), y[:2], 0.01, iterations=1)(x_t[:2], s[:2])
+    torch.testing.assert_close(full[:2], one)
+    glob = MMPS(denoiser, DenseOperator(A), y, 0.01, iterations=1, dot="batch")(x_t, s)
+    assert not torch.allclose(glob[:2], one)
+
+
+def test_bad_input_is_rejected_before_work(problem):
+    denoiser, cov_x, mu, A, y, x_t = problem
+    counting = CountingDenoiser(denoiser)
+    op = DenseOperator(A)
+    s = torch.ones(B, dtype=torch.float64)
+
+    def raises(match, make, x=x_t, sigma=s):
+        with pytest.raises(ValueError, match=match):
+            make()(x, sigma)
+        assert counting.forwards == 0
+
+    raises("cov_y must be positive", lambda: MMPS(counting, op, y, 0.0))
+    raises("cov_y must be positive", lambda: MMPS(counting, op, y, -torch.ones(B, M)))
+    raises("does not broadcast to y", lambda: MMPS(counting, op, y, torch.ones(B, M + 1)))
+    raises("cov_y is a DPLR of size 2", lambda: MMPS(counting, op, y, DPLR(torch.ones(2))))
+    raises("cov_y must be positive definite", lambda: MMPS(counting, op, y, DPLR(-torch.ones(M))))
+    raises("cov_y must be a positive float", lambda: MMPS(counting, op, y, "0.1"))
+    raises("covariance must be one of", lambda: MMPS(counting, op, y, 0.1, "tweedy"))
+    raises("covariance must be one of", lambda: MMPS(counting, op, y, 0.1, 0.5))
+    raises("iterations must be a positive integer", lambda: MMPS(counting, op, y, 0.1, "zero", 0))
+    raises("dot must be one of", lambda: MMPS(counting, op, y, 0.1, dot="all"))
+    raises(
+        r"x_t must have shape \(B, \*\) with B = 6", lambda: MMPS(counting, op, y, 0.1), x=x_t[:3]
+    )
+    raises(
+        r"inputs of shape \(B, \*\(8,\)\)",
+        lambda: MMPS(counting, op, y, 0.1),
+        x=torch.ones(B, D + 1, dtype=torch.float64),
+    )
+    raises("but y has shape", lambda: MMPS(counting, op, y[:, :2], 0.1))
+    raises(
+        "covariance is a DPLR of size 3", lambda: MMPS(counting, op, y, 0.1, DPLR(torch.ones(3)))
+    )
+    raises("sigma must be positive", lambda: MMPS(counting, op, y, 0.1), sigma=torch.zeros(B))
+    raises("sigma must have shape", lambda: MMPS(counting, op, y, 0.1), sigma=torch.ones(B + 1))
+    # a plain callable whose output does not match y is caught before the CG solve
+    with pytest.raises(ValueError, match="but y has shape"):
+        MMPS(denoiser, lambda x: x[:, :2], y, 0.1)(x_t, s)

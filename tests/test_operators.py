@@ -1,0 +1,72 @@
+import pytest
+import torch
+
+from emdm import DenseOperator, Identity, MaskOperator
+from emdm.operators import AutogradAdjoint, transpose
+
+
+def make_operators(gen):
+    B = 3
+    dt = torch.float64
+    return [
+        (DenseOperator(torch.randn((B, 4, 10), generator=gen, dtype=dt)), (B, 10)),
+        (DenseOperator(torch.randn((4, 12), generator=gen, dtype=dt), (3, 2, 2)), (B, 3, 2, 2)),
+        (MaskOperator(torch.rand((B, 1, 5, 6), generator=gen, dtype=dt) > 0.5), (B, 2, 5, 6)),
+        (MaskOperator(torch.rand((5, 6), generator=gen) > 0.3), (B, 2, 5, 6)),
+        (Identity(), (B, 7)),
+    ]
+
+
+def test_adjoint_identity_and_autograd(gen):
+    for A, shape in make_operators(gen):
+        x = torch.randn(shape, generator=gen, dtype=torch.float64)
+        Ax = A(x)
+        u = torch.randn(Ax.shape, generator=gen, dtype=torch.float64)
+        ATu = A.T(u)
+        assert ATu.shape == x.shape, A
+        # <A x, u> = <x, A^T u>
+        torch.testing.assert_close((Ax * u).sum(), (x * ATu).sum())
+        # .T matches the vector-Jacobian product of A
+        torch.testing.assert_close(ATu, AutogradAdjoint(A, x)(u))
+        assert A.out_shape(shape) == tuple(Ax.shape)
+        assert A.T.T is A
+
+
+def test_transpose_of_plain_callable(gen):
+    W = torch.randn((6, 4), generator=gen, dtype=torch.float64)
+
+    def A(x):  # no .T: the adjoint comes from autograd
+        return x @ W.T
+
+    x = torch.randn((2, 4), generator=gen, dtype=torch.float64)
+    u = torch.randn((2, 6), generator=gen, dtype=torch.float64)
+    A_T = transpose(A, x)
+    torch.testing.assert_close(A_T(u), u @ W)
+    torch.testing.assert_close(A_T(u), A_T(u))  # the graph is retained for reuse
+    with pytest.raises(ValueError, match="expected a tensor of shape"):
+        A_T(torch.ones(3, 6, dtype=torch.float64))
+
+
+def test_transpose_rejects_non_differentiable_callable():
+    with pytest.raises(ValueError, match="does not depend on its input"):
+        AutogradAdjoint(lambda x: torch.ones(2, 3), torch.ones(2, 3))
+
+
+def test_dense_operator_shape_checks():
+    A = DenseOperator(torch.ones(3, 4, 10))
+    with pytest.raises(ValueError, match=r"inputs of shape \(B, \*\(10,\)\)"):
+        A.out_shape((3, 9))
+    with pytest.raises(ValueError, match="in_shape"):
+        DenseOperator(torch.ones(3, 4, 10), (3, 3))
+    with pytest.raises(ValueError, match="one per sample"):
+        A.out_shape((2, 10))
+    with pytest.raises(ValueError, match="matrix must have shape"):
+        DenseOperator(torch.ones(10))
+
+
+def test_mask_operator_shape_checks():
+    A = MaskOperator(torch.ones(3, 1, 4, 4))
+    with pytest.raises(ValueError, match="does not broadcast"):
+        A.out_shape((2, 1, 4, 4))
+    with pytest.raises(ValueError, match="does not broadcast"):
+        A.out_shape((3, 1, 5, 4))

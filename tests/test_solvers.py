@@ -1,0 +1,139 @@
+import pytest
+import torch
+
+from emdm import cg
+
+
+def spd(B, N, gen, cond=10.0):
+    Q, _ = torch.linalg.qr(torch.randn((B, N, N), generator=gen, dtype=torch.float64))
+    eig = torch.logspace(0, torch.log10(torch.tensor(cond)).item(), N, dtype=torch.float64)
+    return Q @ torch.diag_embed(eig) @ Q.mT
+
+
+def batched(C):
+    return lambda v: (C @ v[..., None]).squeeze(-1)
+
+
+@pytest.mark.parametrize("dot", ["sample", "batch"])
+def test_cg_converges_to_solve(gen, dot):
+    B, N = 3, 8
+    C = spd(B, N, gen)
+    b = torch.randn((B, N), generator=gen, dtype=torch.float64)
+    x = cg(batched(C), b, iterations=N if dot == "sample" else 4 * N, dot=dot)
+    torch.testing.assert_close(x, torch.linalg.solve(C, b[..., None]).squeeze(-1))
+
+
+def test_cg_is_exact_in_n_iterations_per_sample(gen):
+    # in exact arithmetic CG terminates in at most N iterations (Hestenes & Stiefel, 1952)
+    B, N = 4, 6
+    C = spd(B, N, gen, cond=3.0)
+    b = torch.randn((B, N), generator=gen, dtype=torch.float64)
+    x = cg(batched(C), b, iterations=N)
+    torch.testing.assert_close(x, torch.linalg.solve(C, b[..., None]).squeeze(-1))
+
+
+def test_cg_one_iteration_closed_forms(gen):
+    B, N = 3, 5
+    C = spd(B, N, gen)
+    b = torch.randn((B, N), generator=gen, dtype=torch.float64)
+    Cb = batched(C)(b)
+    # per sample: x = (b.b / b.Cb) b
+    x = cg(batched(C), b, iterations=1)
+    torch.testing.assert_close(x, ((b * b).sum(1) / (b * Cb).sum(1))[:, None] * b)
+    # whole batch, as jax.scipy.sparse.linalg.cg on the batch array (protocols §1.8)
+    x = cg(batched(C), b, iterations=1, dot="batch")
+    torch.testing.assert_close(x, (b * b).sum() / (b * Cb).sum() * b)
+
+
+def test_cg_per_sample_result_is_independent_of_batch_mates(gen):
+    B, N = 5, 6
+    C = spd(B, N, gen)
+    b = torch.randn((B, N), generator=gen, dtype=torch.float64)
+    full = cg(batched(C), b, iterations=2)
+    alone = cg(batched(C[:1]), b[:1], iterations=2)
+    torch.testing.assert_close(full[:1], alone, rtol=0, atol=1e-15)
+    mixed = cg(batched(C), b, iterations=2, dot="batch")
+    assert not torch.allclose(mixed[:1], alone)
+
+
+def test_cg_guard_on_indefinite_system(gen):
+    B, N = 3, 4
+    C = spd(B, N, gen)
+    C[1] = -C[1]  # negative definite: p^T C p < 0 at the first step
+    b = torch.randn((B, N), generator=gen, dtype=torch.float64)
+    b[2] = 0.0  # already solved: rr = 0 must not count as a guard event nor give NaN
+    x, info = cg(batched(C), b, iterations=N, return_info=True)
+    assert torch.isfinite(x).all()
+    torch.testing.assert_close(x[0], torch.linalg.solve(C[0], b[0]))
+    torch.testing.assert_close(x[1], torch.zeros(N, dtype=torch.float64))
+    torch.testing.assert_close(x[2], torch.zeros(N, dtype=torch.float64))
+    assert info.nonpositive.tolist() == [0, 1, 0]
+
+
+def test_cg_guard_keeps_last_finite_iterate(gen):
+    # first direction has positive curvature, a later one negative: the iterate stops there
+    C = torch.diag(torch.tensor([1.0, -1.0], dtype=torch.float64))[None]
+    b = torch.tensor([[1.0, 0.5]], dtype=torch.float64)
+    x, info = cg(batched(C), b, iterations=5, return_info=True)
+    assert torch.isfinite(x).all() and info.nonpositive.item() == 1
+    # one step: alpha = b.b / b.Cb = 1.25 / 0.75
+    torch.testing.assert_close(x, 1.25 / 0.75 * b)
+
+
+def test_cg_nan_matvec_is_guarded(gen):
+    b = torch.ones((2, 3), dtype=torch.float64)
+
+    def matvec(v):
+        out = v.clone()
+        out[1] = float("nan")
+        return out
+
+    x, info = cg(matvec, b, iterations=3, return_info=True)
+    torch.testing.assert_close(x[0], b[0])
+    torch.testing.assert_close(x[1], torch.zeros(3, dtype=torch.float64))
+    assert info.nonpositive.tolist() == [0, 1]
+
+
+def test_cg_float64_accumulation(gen):
+    B, N = 2, 64
+    C = spd(B, N, gen, cond=1e3)
+    b = torch.randn((B, N), generator=gen, dtype=torch.float64)
+    exact = torch.linalg.solve(C, b[..., None]).squeeze(-1)
+    C32, b32 = C.float(), b.float()
+    x = cg(batched(C32), b32, iterations=N, accumulate=torch.float64)
+    assert x.dtype == torch.float32
+    assert (x.double() - exact).norm() / exact.norm() < 1e-2
+
+
+def test_cg_rtol_freezes_converged_samples(gen):
+    C = torch.eye(3, dtype=torch.float64).expand(2, 3, 3)
+    b = torch.randn((2, 3), generator=gen, dtype=torch.float64)
+    calls = []
+
+    def matvec(v):
+        calls.append(1)
+        return batched(C)(v)
+
+    x, info = cg(matvec, b, iterations=4, rtol=1e-3, return_info=True)
+    torch.testing.assert_close(x, b)
+    assert len(calls) == 4  # fixed count: no data-dependent early exit
+    assert info.residual.max() == 0
+
+
+def test_cg_initial_guess(gen):
+    B, N = 2, 5
+    C = spd(B, N, gen)
+    b = torch.randn((B, N), generator=gen, dtype=torch.float64)
+    exact = torch.linalg.solve(C, b[..., None]).squeeze(-1)
+    x = cg(batched(C), b, iterations=0, x0=exact)
+    torch.testing.assert_close(x, exact)
+
+
+def test_cg_bad_input():
+    b = torch.ones(2, 3)
+    with pytest.raises(ValueError, match="dot must be one of"):
+        cg(lambda v: v, b, 1, dot="global")
+    with pytest.raises(ValueError, match="iterations"):
+        cg(lambda v: v, b, -1)
+    with pytest.raises(ValueError, match="x0 must have the shape"):
+        cg(lambda v: v, b, 1, x0=torch.ones(3))
