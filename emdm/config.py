@@ -1,0 +1,87 @@
+r"""Typed configuration dataclasses as command-line flags.
+
+Each field `name` of a dataclass becomes a flag `--name` (underscores as dashes), typed by its
+annotation or its default: a `bool` becomes `--name/--no-name`, a `tuple` or `list` takes one
+or more values, and the field's `metadata={"help": ..., "choices": ...}` gives the flag's help
+and allowed values.
+"""
+
+__all__ = ["config_dict", "config_parser", "parse_config"]
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any, TypeVar
+
+C = TypeVar("C")
+
+
+def _element_type(hint: Any, default: Any) -> type:
+    args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+    if args and typing.get_origin(args[0]) is None and isinstance(args[0], type):
+        return args[0]
+    return type(default[0]) if default else str
+
+
+def _default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    raise ValueError(f"field {field.name!r} needs a default to become a flag")
+
+
+def config_parser(
+    cls: type, parser: argparse.ArgumentParser | None = None, *, prog: str | None = None
+) -> argparse.ArgumentParser:
+    r"""Adds one flag per field of the dataclass `cls` to `parser` (a new one if `None`)."""
+    if not dataclasses.is_dataclass(cls):
+        raise ValueError(f"cls must be a dataclass, got {cls!r}")
+    description = (cls.__doc__ or "").strip() or None
+    parser = parser or argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        default = _default(field)
+        flag = "--" + field.name.replace("_", "-")
+        kwargs = {"default": default, "dest": field.name, "help": field.metadata.get("help", "")}
+        hint = hints.get(field.name, type(default))
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        origin = typing.get_origin(hint) or hint
+        if "choices" in field.metadata:
+            kwargs["choices"] = tuple(field.metadata["choices"])
+        if origin is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif origin in (tuple, list):
+            kwargs.update(nargs="+", type=_element_type(hint, default))
+        else:
+            kwargs["type"] = origin if isinstance(origin, type) else type(default)
+            if "choices" not in kwargs:
+                kwargs["metavar"] = kwargs["type"].__name__.upper()
+        parser.add_argument(flag, **kwargs)
+    return parser
+
+
+def parse_config(cls: type[C], argv: list[str] | None = None, *, prog: str | None = None) -> C:
+    r"""Parses `argv` (default: `sys.argv[1:]`) into an instance of the dataclass `cls`.
+
+    A value that argparse or the dataclass (a `ValueError` in `__post_init__`) rejects exits
+    with a usage error (status 2).
+    """
+    parser = config_parser(cls, prog=prog)
+    args = vars(parser.parse_args(argv))
+    for field in dataclasses.fields(cls):
+        if isinstance(args[field.name], list) and isinstance(_default(field), tuple):
+            args[field.name] = tuple(args[field.name])
+    try:
+        return cls(**args)
+    except ValueError as error:  # from the dataclass's own checks (__post_init__)
+        parser.error(str(error))
+
+
+def config_dict(cfg: Any) -> dict[str, Any]:
+    r"""Returns the dataclass instance `cfg` as a JSON-ready dictionary."""
+    return dataclasses.asdict(cfg)

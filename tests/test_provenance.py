@@ -1,0 +1,84 @@
+import json
+
+import pandas as pd
+import pytest
+
+from emdm.provenance import provenance, write_results
+
+
+def test_provenance_keys():
+    info = provenance("cpu")
+    for key in ("commit", "dirty", "python", "torch", "numpy", "emdm", "device_name", "utc"):
+        assert key in info
+    assert info["commit"] is None or len(info["commit"]) == 40
+    json.dumps(info)
+
+
+def test_provenance_without_git(monkeypatch):
+    import emdm.provenance as module
+
+    def missing(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(module.subprocess, "run", missing)
+    info = provenance()
+    assert info["commit"] is None and info["dirty"] is None
+
+
+def test_write_results(tmp_path):
+    rows = [
+        {"method": "a", "steps": 8, "metric": "error", "value": 0.5},
+        {"method": "b", "steps": None, "metric": "error", "value": 0.25},
+    ]
+    out = tmp_path / "nested"
+    csv, js = write_results(
+        "run", rows, {"seed": 1}, wall_time=2.0, out_dir=out, quick=True, extra={"k": 1}
+    )
+    assert csv == out / "run.csv" and js == out / "run.json"
+    frame = pd.read_csv(csv)
+    assert list(frame.columns) == ["method", "steps", "metric", "value"]
+    assert frame["value"].tolist() == [0.5, 0.25]
+    assert csv.read_text().splitlines()[1] == "a,8,error,0.5"
+    meta = json.loads(js.read_text())
+    assert "commit" in meta["provenance"]
+    assert meta["config"] == {"seed": 1}
+    assert meta["scale"] == "quick"
+    assert meta["wall_time_s"] == 2.0
+    assert meta["extra"] == {"k": 1}
+    assert sorted(p.name for p in out.iterdir()) == ["run.csv", "run.json"]  # no temp files
+
+    write_results("run", rows, {}, wall_time=1.0, out_dir=out, quick=False)
+    assert json.loads(js.read_text())["scale"] == "paper"
+
+
+@pytest.mark.parametrize("bad", [{"value": 1.0}, {"metric": "error"}])
+def test_row_without_metric_or_value(tmp_path, bad):
+    rows = [{"metric": "error", "value": 0.5}, bad]
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="lacks"):
+        write_results("run", rows, {}, wall_time=0.0, out_dir=out, quick=True)
+    assert not out.exists()
+
+
+def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    rows = [{"metric": "error", "value": 0.5}]
+    write_results("run", rows, {"seed": 1}, wall_time=1.0, out_dir=tmp_path, quick=True)
+    before = {p.name: p.read_text() for p in tmp_path.iterdir()}
+
+    def partial(self, f, **kwargs):
+        f.write("metric,va")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", partial)
+    with pytest.raises(OSError, match="disk full"):
+        write_results("run", rows, {"seed": 2}, wall_time=1.0, out_dir=tmp_path, quick=True)
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == before
+
+
+def test_unserializable_config_fails_before_writing(tmp_path):
+    rows = [{"metric": "error", "value": 0.5}]
+    with pytest.raises(ValueError, match="Circular"):
+        config = {}
+        config["self"] = config
+        write_results("run", rows, config, wall_time=0.0, out_dir=tmp_path / "o", quick=True)
+    assert not (tmp_path / "o").exists()
