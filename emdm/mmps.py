@@ -101,6 +101,12 @@ class MMPS:
         accumulate: The dtype of CG inner products (e.g. `torch.float64`).
         rtol: The CG relative residual tolerance (the paper's code uses 1e-3).
         check: Whether to check each call's :math:`\sigma > 0` (one host sync per call).
+
+    Attributes:
+        nonpositive: How many times, over all calls so far, CG met a direction of
+            non-positive curvature (an untrained network's :math:`J` need not be positive
+            semi-definite) and kept the last finite iterate; a tensor, read without forcing a
+            synchronization until you print it.
     """
 
     def __init__(
@@ -144,6 +150,7 @@ class MMPS:
         self.cov_y = _check_cov_y(cov_y, y)
         self.covariance, self.iterations = covariance, iterations
         self.dot, self.accumulate, self.rtol, self.check = dot, accumulate, rtol, check
+        self.nonpositive = torch.zeros((), dtype=torch.int64, device=y.device)
 
     def _check_x(self, x_t: Tensor) -> None:
         if x_t.ndim < 1 or x_t.shape[0] != self.y.shape[0]:
@@ -229,14 +236,16 @@ class MMPS:
             def matvec(v: Tensor) -> Tensor:
                 return self._cov_y(v) + A(V(A_T(v)))
 
-        v = cg(
+        v, info = cg(
             matvec,
             r,
             self.iterations,
             dot=self.dot,
             accumulate=self.accumulate,
             rtol=self.rtol,
+            return_info=True,
         )
+        self.nonpositive = self.nonpositive + info.nonpositive.sum()
         return (x_hat + s2 * vjp(A_T(v), retain=False)).detach()
 
     def __repr__(self) -> str:

@@ -187,8 +187,22 @@ def test_untrained_network_stays_finite(gen):
     A = torch.randn((B, M, 8), generator=gen, dtype=torch.float64)
     y = torch.randn((B, M), generator=gen, dtype=torch.float64)
     x_t = 10 * torch.randn((B, 8), generator=gen, dtype=torch.float64)
-    out = MMPS(net, DenseOperator(A), y, 1e-4, iterations=5)(x_t, torch.full((B,), 10.0))
+    mmps = MMPS(net, DenseOperator(A), y, 1e-4, iterations=5)
+    out = mmps(x_t, torch.full((B,), 10.0))
     assert torch.isfinite(out).all() and not out.requires_grad
+    assert 0 <= mmps.nonpositive.item() <= 5 * B
+
+
+def test_guard_count_is_exposed(problem):
+    denoiser, cov_x, mu, A, y, x_t = problem
+    s = torch.ones(B, dtype=torch.float64)
+    mmps = MMPS(lambda x, sigma: -denoiser(x, sigma), DenseOperator(A), y, 1e-6, iterations=3)
+    out = mmps(x_t, s)  # J is negative definite: every sample's first step is guarded
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, -denoiser(x_t, s))  # v = 0: no correction
+    assert mmps.nonpositive.item() == B
+    mmps(x_t, s)
+    assert mmps.nonpositive.item() == 2 * B
 
 
 def test_per_sample_result_does_not_depend_on_batch(problem):

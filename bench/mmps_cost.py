@@ -1,0 +1,242 @@
+r"""Cost of one MMPS call against its floor: one denoiser forward and :math:`k + 1` VJPs.
+
+With Tweedie covariance and :math:`k` conjugate gradient iterations, one call of
+:class:`emdm.MMPS` needs one forward pass of the denoiser :math:`d` and :math:`k + 1`
+vector-Jacobian products :math:`u \mapsto u^T \partial d / \partial x_t` through its graph
+(:math:`k` inside CG, one for the final correction). Everything else (the operator
+:math:`A`, its adjoint, the CG vector algebra, the checks) is overhead, so we measure
+
+.. math:: \rho_k = \frac{T_\text{MMPS}(k)}{T_\text{floor}(k)}, \quad
+    T_\text{floor}(k) = T(d) + (k + 1) \, T(\text{VJP}),
+
+each as the median of many interleaved calls after a warm-up. The same run also times
+:math:`T_\text{floor}(k) + (k + 1) \, T(A) + (k + 1) \, T(A^T)`, the floor plus the operator
+applications that MMPS cannot avoid (one :math:`A` and one :math:`A^T` per CG iteration, one
+:math:`A` for the residual and one :math:`A^T` for the correction), so that what remains,
+:math:`\rho^A_k`, is the cost of the CG algebra and bookkeeping alone. The problem is the manifold
+experiment's denoiser (an EDM-preconditioned 3 x 256 :class:`emdm.nn.TimeMLP`) at batch
+:math:`B = 256`, :math:`D = 64`, with a per-sample dense :math:`A_b` of shape :math:`(M, D)`,
+:math:`M = 16`, whose rows are normalised Gaussian vectors.
+
+Target: :math:`\rho_k \leq 1.10` on CPU for :math:`k \in \{1, 3, 5\}`. Not met yet: on a 2-core
+Intel Xeon @ 2.50GHz VM (torch 2.14.1, 2 threads, idle machine) :math:`\rho = 1.45, 1.63, 1.67`
+for :math:`k = 1, 3, 5`; the overhead is the per-sample operator's einsum (2k + 2 calls) and
+the eager bookkeeping of CG's curvature guard (about 50 tiny ops per iteration).
+
+Command: `.venv/bin/python bench/mmps_cost.py` writes `results/bench/mmps_cost_cpu.csv` (tidy:
+benchmark, device, threads, batch, features, measurements, iterations, metric, value) and
+`results/bench/mmps_cost_cpu.json` (resolved config and provenance). About 20 s on 2 idle CPU
+cores. Run it on an idle machine: threads that share their cores with other processes wait at
+every parallel op, which makes the timings meaningless.
+
+References:
+    | Learning Diffusion Priors from Observations by Expectation Maximization
+    | (Rozet et al., 2024) https://arxiv.org/abs/2405.13712
+"""
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+import emdm
+from emdm.config import config_dict, parse_config
+from emdm.provenance import write_results
+
+BENCHMARK = "mmps_cost"
+
+
+@dataclass
+class Config:
+    r"""The resolved configuration of one run, saved beside its results."""
+
+    batch: int = 256
+    features: int = 64
+    measurements: int = 16
+    iterations: tuple[int, ...] = (1, 3, 5)
+    repeats: int = 200
+    warmup: int = 20
+    threads: int = 0  # 0: torch's default, resolved before saving
+    device: str = "cpu"
+    sigma: float = 1.0
+    cov_y: float = 1e-2
+    seed: int = 0
+    out: str = "results/bench/mmps_cost_cpu"
+    dry_run: bool = False
+
+    def __post_init__(self):
+        if self.repeats < 1 or self.warmup < 0 or min(self.iterations) < 1:
+            raise ValueError("need --repeats >= 1, --warmup >= 0 and every --iterations >= 1")
+
+
+def make_problem(cfg: Config, device: torch.device) -> dict:
+    r"""Builds the seeded denoiser, operator, observations and VJP cotangents."""
+    B, D, M = cfg.batch, cfg.features, cfg.measurements
+    torch.manual_seed(cfg.seed)  # the network's initialization
+    network = emdm.nn.TimeMLP(D, emb_features=64, hidden_features=(256, 256, 256))
+    denoiser = emdm.EDMDenoiser(network, emb_features=64).to(device).eval()
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    A = torch.randn(B, M, D, generator=g)
+    A = A / A.norm(dim=-1, keepdim=True)  # (B, M, D), unit rows
+    x = torch.randn(B, D, generator=g)
+    x_t = x + cfg.sigma * torch.randn(B, D, generator=g)
+    y = torch.einsum("bmd,bd->bm", A, x) + cfg.cov_y**0.5 * torch.randn(B, M, generator=g)
+    us = torch.randn(max(cfg.iterations) + 1, B, D, generator=g)  # (k_max + 1, B, D)
+    vs = torch.randn(max(cfg.iterations) + 1, B, M, generator=g)  # (k_max + 1, B, M)
+    sigma = torch.full((B,), cfg.sigma)
+    return {
+        "denoiser": denoiser,
+        "A": A.to(device),
+        "y": y.to(device),
+        "x_t": x_t.to(device),
+        "sigma": sigma.to(device),
+        "us": us.to(device),
+        "vs": vs.to(device),
+    }
+
+
+def floor(denoiser: Callable, x_t: Tensor, sigma: Tensor, us: Tensor) -> None:
+    r"""The cost floor of an MMPS call with `len(us) - 1` CG iterations."""
+    # By definition, the floor is one forward of the denoiser with grad enabled on x_t, then
+    # k + 1 VJPs on that same graph: no CG algebra, no operator applications.
+    with torch.enable_grad():
+        x_t = x_t.detach().requires_grad_()
+        x_hat = denoiser(x_t, sigma)
+    for u in us:
+        torch.autograd.grad(x_hat, x_t, u, retain_graph=True)
+
+
+def timed(fn: Callable[[], object], sync: Callable[[], None]) -> float:
+    r"""Returns the wall time of `fn()` in milliseconds, between two device synchronisations."""
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    return 1e3 * (time.perf_counter() - start)
+
+
+def iqr(values: list[float]) -> float:
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return q3 - q1
+
+
+def floor_with_operator(
+    denoiser: Callable, A: emdm.DenseOperator, x_t: Tensor, sigma: Tensor, vs: Tensor
+) -> None:
+    r"""The floor plus the operator applications MMPS needs with `len(vs) - 1` CG iterations:
+    :math:`A` on the denoised signal, then per VJP one :math:`A^T` before it and, inside CG,
+    one :math:`A` after it."""
+    with torch.enable_grad():
+        x_t = x_t.detach().requires_grad_()
+        x_hat = denoiser(x_t, sigma)
+    A(x_hat.detach())
+    for i, v in enumerate(vs):
+        (w,) = torch.autograd.grad(x_hat, x_t, A.T(v), retain_graph=True)
+        if i < len(vs) - 1:
+            A(w)
+
+
+@torch.no_grad()  # as inside a sampler; MMPS and the floors enable grad where they need it
+def measure(cfg: Config, device: torch.device) -> dict[int, dict[str, float]]:
+    p = make_problem(cfg, device)
+    denoiser, x_t, sigma = p["denoiser"], p["x_t"], p["sigma"]
+    A = emdm.DenseOperator(p["A"])
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+
+    calls = {}
+    for k in cfg.iterations:
+        mmps = emdm.MMPS(denoiser, A, p["y"], cov_y=cfg.cov_y, covariance="tweedie", iterations=k)
+        us = p["us"][: k + 1]
+        calls[k] = (
+            lambda mmps=mmps: mmps(x_t, sigma),
+            lambda us=us: floor(denoiser, x_t, sigma, us),
+            lambda vs=p["vs"][: k + 1]: floor_with_operator(denoiser, A, x_t, sigma, vs),
+        )
+
+    times = {k: ([], [], []) for k in cfg.iterations}
+    for r in range(cfg.warmup + cfg.repeats):
+        # Interleaved, in rotating order, so that drift (clock, cache, allocator) falls on
+        # every variant alike.
+        order = cfg.iterations if r % 2 == 0 else cfg.iterations[::-1]
+        for k in order:
+            for i in (r % 3, (r + 1) % 3, (r + 2) % 3):
+                t = timed(calls[k][i], sync)
+                if r >= cfg.warmup:
+                    times[k][i].append(t)
+
+    results = {}
+    for k, (t_mmps, t_floor, t_floor_A) in times.items():
+        results[k] = {
+            "mmps_ms": statistics.median(t_mmps),
+            "floor_ms": statistics.median(t_floor),
+            "floor_with_operator_ms": statistics.median(t_floor_A),
+            "mmps_ms_iqr": iqr(t_mmps) if len(t_mmps) > 1 else 0.0,
+            "floor_ms_iqr": iqr(t_floor) if len(t_floor) > 1 else 0.0,
+            "ratio_paired": statistics.median(a / b for a, b in zip(t_mmps, t_floor, strict=True)),
+        }
+        results[k]["ratio"] = results[k]["mmps_ms"] / results[k]["floor_ms"]
+        results[k]["ratio_with_operator"] = (
+            results[k]["mmps_ms"] / results[k]["floor_with_operator_ms"]
+        )
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_config(Config, argv, prog="bench/mmps_cost.py")
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    cfg.threads = torch.get_num_threads()
+    device = torch.device(cfg.device)
+    print(json.dumps(config_dict(cfg), indent=2))
+    if cfg.dry_run:
+        return
+
+    start = time.perf_counter()
+    results = measure(cfg, device)
+    wall_s = time.perf_counter() - start
+
+    print(
+        f"\n{'k':>3} {'MMPS ms':>9} {'floor ms':>9} {'ratio':>6} {'floor+A ms':>11} {'ratio':>6}"
+    )
+    for k, res in results.items():
+        print(
+            f"{k:>3} {res['mmps_ms']:>9.3f} {res['floor_ms']:>9.3f} {res['ratio']:>6.3f} "
+            f"{res['floor_with_operator_ms']:>11.3f} {res['ratio_with_operator']:>6.3f}"
+        )
+    print(f"(target ratio <= 1.10 on CPU; {cfg.repeats} repeats, {cfg.threads} threads)")
+
+    ident = {
+        "benchmark": BENCHMARK,
+        "device": device.type,
+        "threads": cfg.threads,
+        "batch": cfg.batch,
+        "features": cfg.features,
+        "measurements": cfg.measurements,
+    }
+    rows = [
+        {**ident, "iterations": k, "metric": metric, "value": value}
+        for k, res in results.items()
+        for metric, value in res.items()
+    ]
+    out = Path(cfg.out)
+    csv, _ = write_results(
+        out.name,
+        rows,
+        config_dict(cfg),
+        wall_time=wall_s,
+        out_dir=out.parent,
+        quick=False,
+        device=device,
+        extra={"target": "ratio <= 1.10 on CPU (issue 2)"},
+    )
+    print(f"wrote {csv} and {csv.with_suffix('.json')}")
+
+
+if __name__ == "__main__":
+    main()
