@@ -80,6 +80,7 @@ class DemoConfig:
         metadata=_help("MMPS covariances to compare", COVARIANCES),
     )
     dtype: str = dataclasses.field(default="float64", metadata=_help("dtype", DTYPES))
+    device: str = dataclasses.field(default="cpu", metadata=_help("device of the sampler"))
     out: str = dataclasses.field(default="results", metadata=_help("output folder"))
     name: str = dataclasses.field(default="demo", metadata=_help("name of the result files"))
     quiet: bool = dataclasses.field(default=False, metadata=_help("print nothing"))
@@ -94,6 +95,14 @@ class DemoConfig:
         for name in ("std", "sigma_y"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError as error:
+            raise ValueError(
+                f"device must be a torch device such as 'cpu' or 'cuda': {error}"
+            ) from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' was asked for, but torch sees no CUDA device")
 
 
 def _problem(cfg: DemoConfig, generator: torch.Generator) -> tuple:
@@ -148,14 +157,17 @@ def main(argv: list[str] | None = None) -> int:
     prior, A, y = _problem(cfg, problem)
     N, S, D = cfg.observations, cfg.samples, cfg.features
     posterior = prior.posterior(A, y, cfg.sigma_y**2)
-    A_rep = DenseOperator(A.repeat_interleave(S, dim=0))  # (N S, 1, D)
-    y_rep = y.repeat_interleave(S, dim=0)  # (N S, 1)
     x1 = 100 * torch.randn((N * S, D), generator=problem, dtype=A.dtype)  # σ(1) = 100
+    # the problem is drawn on the CPU, so that it does not depend on the device
+    device = torch.device(cfg.device)
+    prior_d, x1 = prior.to(device), x1.to(device)
+    A_rep = DenseOperator(A.repeat_interleave(S, dim=0).to(device))  # (N S, 1, D)
+    y_rep = y.repeat_interleave(S, dim=0).to(device)  # (N S, 1)
 
     samples = {}
     for covariance in cfg.covariances:
         mmps = MMPS(
-            prior, A_rep, y_rep, cfg.sigma_y**2, covariance=covariance, iterations=cfg.iterations
+            prior_d, A_rep, y_rep, cfg.sigma_y**2, covariance=covariance, iterations=cfg.iterations
         )
         x = sample(
             mmps,
@@ -164,10 +176,10 @@ def main(argv: list[str] | None = None) -> int:
             sampler=cfg.sampler,
             steps=cfg.steps,
             # the same noise for every covariance, distinct from the problem's stream
-            generator=torch.Generator().manual_seed(cfg.seed + 1),
+            generator=torch.Generator(device).manual_seed(cfg.seed + 1),
             progress=not cfg.quiet,
         )
-        samples[covariance] = x.reshape(N, S, D)
+        samples[covariance] = x.reshape(N, S, D).cpu()
     samples["exact"] = posterior.sample(S, generator=problem)
 
     mc_se = (posterior.covariance().diagonal(dim1=-2, dim2=-1).sum(-1) / S).sqrt()
@@ -190,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         wall_time=wall_time,
         out_dir=cfg.out,
         quick=True,
-        device="cpu",
+        device=device,
         extra={"note": "covariance 'exact' rows use exact posterior samples (reference)"},
     )
     if not cfg.quiet:
