@@ -148,6 +148,10 @@ class MMPS:
 
         self.denoiser, self.A, self.y = denoiser, A, y
         self.cov_y = _check_cov_y(cov_y, y)
+        if isinstance(self.cov_y, DPLR):
+            self.cov_y = self.cov_y.to(dtype=y.dtype, device=y.device)
+        else:
+            self.cov_y = self.cov_y.to(dtype=y.dtype)
         self.covariance, self.iterations = covariance, iterations
         self.dot, self.accumulate, self.rtol, self.check = dot, accumulate, rtol, check
         self.nonpositive = torch.zeros((), dtype=torch.int64, device=y.device)
@@ -176,8 +180,8 @@ class MMPS:
 
     def _cov_y(self, v: Tensor) -> Tensor:
         if isinstance(self.cov_y, DPLR):
-            return (self.cov_y.to(v.dtype) @ v.flatten(1)).reshape(v.shape)
-        return self.cov_y.to(v.dtype) * v
+            return (self.cov_y @ v.flatten(1)).reshape(v.shape)
+        return self.cov_y * v
 
     def _prior_cov(self, sigma: Tensor) -> Callable[[Tensor], Tensor] | None:
         r"""Returns the explicit :math:`u \mapsto V_t u`, or `None` for Tweedie."""
