@@ -18,10 +18,9 @@ experiment's denoiser (an EDM-preconditioned 3 x 256 :class:`emdm.nn.TimeMLP`) a
 :math:`B = 256`, :math:`D = 64`, with a per-sample dense :math:`A_b` of shape :math:`(M, D)`,
 :math:`M = 16`, whose rows are normalised Gaussian vectors.
 
-Target: :math:`\rho_k \leq 1.10` on CPU for :math:`k \in \{1, 3, 5\}`. Not met yet: on a 2-core
-Intel Xeon @ 2.50GHz VM (torch 2.14.1, 2 threads, idle machine) :math:`\rho = 1.45, 1.63, 1.67`
-for :math:`k = 1, 3, 5`; the overhead is the per-sample operator's einsum (2k + 2 calls) and
-the eager bookkeeping of CG's curvature guard (about 50 tiny ops per iteration).
+Target: :math:`\rho_k \leq 1.10` on CPU for :math:`k \in \{1, 3, 5\}`; the measured figures
+and what they leave are in the README (`results/bench/mmps_cost_*.csv`). `--shared-operator`
+uses one :math:`A` for all samples, `--threads 1` a single thread, to separate the causes.
 
 Command: `.venv/bin/python bench/mmps_cost.py` writes `results/bench/mmps_cost_cpu.csv` (tidy:
 benchmark, device, threads, batch, features, measurements, iterations, metric, value) and
@@ -66,6 +65,7 @@ class Config:
     sigma: float = 1.0
     cov_y: float = 1e-2
     seed: int = 0
+    shared_operator: bool = False  # one A for all samples instead of one per sample
     out: str = "results/bench/mmps_cost_cpu"
     dry_run: bool = False
 
@@ -86,7 +86,9 @@ def make_problem(cfg: Config, device: torch.device) -> dict:
     A = A / A.norm(dim=-1, keepdim=True)  # (B, M, D), unit rows
     x = torch.randn(B, D, generator=g)
     x_t = x + cfg.sigma * torch.randn(B, D, generator=g)
-    y = torch.einsum("bmd,bd->bm", A, x) + cfg.cov_y**0.5 * torch.randn(B, M, generator=g)
+    if cfg.shared_operator:
+        A = A[0]  # (M, D)
+    y = emdm.DenseOperator(A)(x) + cfg.cov_y**0.5 * torch.randn(B, M, generator=g)
     us = torch.randn(max(cfg.iterations) + 1, B, D, generator=g)  # (k_max + 1, B, D)
     vs = torch.randn(max(cfg.iterations) + 1, B, M, generator=g)  # (k_max + 1, B, M)
     sigma = torch.full((B,), cfg.sigma)
@@ -218,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
         "batch": cfg.batch,
         "features": cfg.features,
         "measurements": cfg.measurements,
+        "operator": "shared" if cfg.shared_operator else "per-sample",
     }
     rows = [
         {**ident, "iterations": k, "metric": metric, "value": value}

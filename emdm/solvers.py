@@ -118,7 +118,7 @@ def cg(
     tol = rtol**2 * _dot(b, b, dot, acc)
     active = rr > tol  # neither solved nor frozen by the guard
     nonpositive = torch.zeros_like(rr, dtype=torch.int64)
-    zero = torch.zeros_like(rr)
+    zero, zero_b = torch.zeros_like(rr), torch.zeros((), dtype=b.dtype, device=b.device)
 
     # Few, fused operations per iteration: at small sizes their count, not the arithmetic,
     # is the cost (5 to 20 us each). An inactive sample has alpha = beta = 0 and a zeroed Cp,
@@ -133,7 +133,7 @@ def cg(
 
         alpha = _expand(_cast(torch.where(ok, rr / pCp, zero), b.dtype), b)
         x = torch.addcmul(x, alpha, p)
-        r = torch.addcmul(r, alpha, torch.where(_expand(ok, b), Cp, 0), value=-1)
+        r = torch.addcmul(r, alpha, torch.where(_expand(ok, b), Cp, zero_b), value=-1)
         rr_next = _dot(r, r, dot, acc)
         beta = _expand(_cast(torch.where(ok, rr_next / rr, zero), b.dtype), b)
         p = torch.addcmul(r, beta, p)
