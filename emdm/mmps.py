@@ -183,13 +183,9 @@ class MMPS:
             return (self.cov_y @ v.flatten(1)).reshape(v.shape)
         return self.cov_y * v
 
-    def _prior_cov(self, sigma: Tensor) -> Callable[[Tensor], Tensor] | None:
-        r"""Returns the explicit :math:`u \mapsto V_t u`, or `None` for Tweedie."""
+    def _prior_cov(self, sigma: Tensor) -> Callable[[Tensor], Tensor]:
+        r"""Returns the explicit :math:`u \mapsto V_t u` of a heuristic covariance."""
         s2 = sigma**2
-        if self.covariance == "tweedie":
-            return None
-        if self.covariance == "zero":
-            return lambda u: torch.zeros_like(u)
         if self.covariance == "sigma_t":
             return lambda u: _bcast(s2, u) * u
         if self.covariance == "identity":
@@ -212,6 +208,11 @@ class MMPS:
         with torch.enable_grad():
             x_t = x_t.detach().requires_grad_()
             x_hat = self.denoiser(x_t, sigma)
+        if not x_hat.requires_grad:
+            raise ValueError(
+                "the denoiser's output does not depend on x_t through autograd: MMPS needs "
+                "its vector-Jacobian products (do not detach or run it under no_grad)"
+            )
 
         A, A_T = self.A, transpose(self.A, x_hat)
         y_hat = A(x_hat.detach())
@@ -227,15 +228,16 @@ class MMPS:
             (out,) = torch.autograd.grad(x_hat, x_t, u, retain_graph=retain)
             return out
 
-        V = self._prior_cov(sigma)
-        if V is None:
+        # C v = Σ_y v + A V_t Aᵀ v
+        if isinstance(self.covariance, str) and self.covariance == "tweedie":
 
             def matvec(v: Tensor) -> Tensor:
-                return self._cov_y(v) + A(s2 * vjp(A_T(v)))
+                return self._cov_y(v) + A(s2 * vjp(A_T(v)))  # V_t = σ² Jᵀ: one VJP
 
-        elif self.covariance == "zero":
+        elif isinstance(self.covariance, str) and self.covariance == "zero":
             matvec = self._cov_y
         else:
+            V = self._prior_cov(sigma)
 
             def matvec(v: Tensor) -> Tensor:
                 return self._cov_y(v) + A(V(A_T(v)))

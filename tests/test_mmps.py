@@ -250,6 +250,8 @@ def test_bad_input_is_rejected_before_work(problem):
     )
     raises("sigma must be positive", lambda: MMPS(counting, op, y, 0.1), sigma=torch.zeros(B))
     raises("sigma must have shape", lambda: MMPS(counting, op, y, 0.1), sigma=torch.ones(B + 1))
+    with pytest.raises(ValueError, match="does not depend on x_t through autograd"):
+        MMPS(lambda x, sigma: denoiser(x, sigma).detach(), op, y, 0.1)(x_t, s)
     # a plain callable whose output does not match y is caught before the CG solve
     with pytest.raises(ValueError, match="but y has shape"):
         MMPS(denoiser, lambda x: x[:, :2], y, 0.1)(x_t, s)
