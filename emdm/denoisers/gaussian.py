@@ -78,7 +78,8 @@ class GaussianDenoiser(nn.Module):
 
 
 def posterior_covariance(cov_x: DPLR, sigma: Tensor) -> DPLR:
-    r"""Returns :math:`(\Sigma_x^{-1} + \sigma^{-2} I)^{-1}` for `sigma` with shape :math:`(B,)`,
-    a DPLR with batch shape :math:`(B,)`."""
+    r"""Returns :math:`(\Sigma_x^{-1} + \sigma^{-2} I)^{-1}` for `sigma` with shape :math:`(B,)`
+    (or a scalar, as :math:`(1,)`), a DPLR with batch shape :math:`(B,)`."""
+    sigma = sigma.reshape(-1)
     precision = cov_x.inv + (1 / sigma**2)[:, None]  # (B, D) diagonal
     return precision.inv
