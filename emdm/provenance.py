@@ -72,7 +72,8 @@ def provenance(device: torch.device | str | None = None) -> dict[str, Any]:
     from . import __version__
 
     commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain") if commit is not None else None
+    # tracked files only: results written beside the code must not mark the tree dirty
+    status = _git("status", "--porcelain", "--untracked-files=no") if commit is not None else None
     return {
         "commit": commit,
         "dirty": None if status is None else bool(status),
