@@ -1,0 +1,59 @@
+import math
+
+import pytest
+import torch
+
+from emdm.data import RandomManifold, observe, random_projections
+
+
+def test_manifold_shapes_range_and_harmonics():
+    g = torch.Generator().manual_seed(0)
+    manifold = RandomManifold(5, generator=g)
+    assert manifold.harmonics == math.ceil(1e3 ** (1 / 3)) == 10
+    x = manifold.sample(65536, generator=g)
+    assert x.shape == (65536, 5) and x.dtype == torch.float64
+    # the affine map comes from a dense latent grid: a large sample fills [-2, 2] per coordinate
+    assert (x >= -2 - 1e-9).all() and (x <= 2 + 1e-9).all()
+    assert (x.min(0).values < -1.99).all() and (x.max(0).values > 1.99).all()
+
+
+def test_manifold_is_a_smooth_curve():
+    manifold = RandomManifold(3, generator=torch.Generator().manual_seed(1))
+    z = torch.linspace(0, 1, 10001, dtype=torch.float64)[:, None]
+    steps = manifold(z).diff(dim=0).norm(dim=-1)
+    # a 1-D manifold: consecutive latent points are close in space (Lipschitz, no jumps)
+    assert steps.max() < 50 * steps.median()
+    assert steps.max() < 0.1
+
+
+def test_manifold_seeding():
+    def draw(seed_params, seed_samples):
+        m = RandomManifold(4, generator=torch.Generator().manual_seed(seed_params))
+        return m.sample(100, generator=torch.Generator().manual_seed(seed_samples))
+
+    assert torch.equal(draw(0, 0), draw(0, 0))
+    assert not torch.allclose(draw(0, 0), draw(1, 0))
+    assert not torch.allclose(draw(0, 0), draw(0, 1))
+
+
+def test_manifold_latent_dimensions():
+    m = RandomManifold(3, latent=2, generator=torch.Generator().manual_seed(0))
+    x = m.sample(1000, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (1000, 3) and torch.isfinite(x).all()
+    with pytest.raises(ValueError, match="features and latent"):
+        RandomManifold(0)
+    with pytest.raises(ValueError, match="alpha"):
+        RandomManifold(3, eps=2.0)
+
+
+def test_projections_and_observations():
+    g = torch.Generator().manual_seed(0)
+    A = random_projections(1000, 5, 2, g)
+    assert A.shape == (1000, 2, 5)
+    torch.testing.assert_close(A.norm(dim=-1), torch.ones(1000, 2, dtype=torch.float64))
+    x = torch.randn((1000, 5), generator=g, dtype=torch.float64)
+    y = observe(x, A, 0.01, g)
+    residual = y - torch.einsum("nmd,nd->nm", A, x)
+    assert residual.std().item() == pytest.approx(0.01, rel=0.1)
+    with pytest.raises(ValueError, match="expected x"):
+        observe(x[:10], A, 0.01)
