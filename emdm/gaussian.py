@@ -32,9 +32,8 @@ from tqdm.auto import trange
 
 from .denoisers import GaussianDenoiser
 from .dplr import DPLR
-from .mmps import MMPS
+from .em import EMConfig, e_step
 from .operators import DenseOperator
-from .samplers import sample
 from .schedule import Schedule, VESchedule
 
 
@@ -111,18 +110,16 @@ def fit_gaussian(
             f"expected A (N, M, D) and y (N, M), got {tuple(A.shape)}, {tuple(y.shape)}"
         )
     schedule = VESchedule() if schedule is None else schedule
-    N, _, D = A.shape
+    cfg = EMConfig(
+        sampler=sampler, steps=steps, cg_iterations=cg_iterations, sample_batch=batch_size
+    )
+    generator = torch.Generator().manual_seed(0) if generator is None else generator
+    D = A.shape[-1]
+    A = DenseOperator(A)
     mu = torch.zeros(D, dtype=y.dtype, device=y.device)
     cov = DPLR(torch.ones(D, dtype=y.dtype, device=y.device))
     for _ in trange(iterations, disable=not progress, desc="fit_gaussian"):
         prior = GaussianDenoiser(mu, cov)
-        x = []
-        for i in range(0, N, batch_size):
-            A_i, y_i = A[i : i + batch_size], y[i : i + batch_size]
-            c_i = cov_y[i : i + batch_size] if isinstance(cov_y, Tensor) and cov_y.ndim else cov_y
-            posterior = MMPS(prior, DenseOperator(A_i), y_i, c_i, cov, cg_iterations)
-            noise = torch.randn((len(y_i), D), generator=generator, dtype=y.dtype)
-            x1 = mu + schedule.sigma_ve(torch.ones(())).item() * noise.to(y.device)
-            x.append(sample(posterior, x1, schedule, sampler, steps, generator=generator))
-        mu, cov = ppca(torch.cat(x), rank)
+        x, _ = e_step(prior, A, y, cov_y, cfg, schedule, mu, generator, covariance=cov)
+        mu, cov = ppca(x, rank)
     return mu, cov

@@ -55,6 +55,8 @@ class Sampler(ABC):
         schedule: The noise schedule.
         steps: The number of steps :math:`N`.
         progress: Whether to show a progress bar.
+        check_finite: Whether to check the state after every step (one host sync per step) and
+            raise a `FloatingPointError` naming :math:`\sigma_t` at the first non-finite value.
     """
 
     #: The number of denoiser calls per step.
@@ -66,6 +68,7 @@ class Sampler(ABC):
         schedule: Schedule,
         steps: int = 64,
         progress: bool = False,
+        check_finite: bool = False,
     ):
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
@@ -77,6 +80,7 @@ class Sampler(ABC):
             steps,
             progress,
         )
+        self.check_finite = check_finite
 
     def sigma(self, t: float, x: Tensor) -> Tensor:
         r"""Returns :math:`\sigma_t` expanded to shape :math:`(B,)`."""
@@ -107,6 +111,12 @@ class Sampler(ABC):
         for i in tqdm(range(self.steps), disable=not self.progress, desc="sampling"):
             t = 1 - i * delta
             x = self.step(x, t, t - delta, generator)
+            if self.check_finite and not bool(torch.isfinite(x).all()):
+                sigma_t = self.sigma(t, x)[0].item()
+                raise FloatingPointError(
+                    f"non-finite samples after the step from sigma_t = {sigma_t:.4g} "
+                    f"(step {i + 1} of {self.steps})"
+                )
         return self.denoise(x, 0.0)
 
 

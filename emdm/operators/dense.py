@@ -72,5 +72,12 @@ class DenseOperator(LinearOperator):
             x = (y.unsqueeze(1) @ self.matrix).squeeze(1)  # (B, 1, M) @ (B, M, D)
         return x.reshape(x.shape[:1] + self.in_shape)
 
+    def __getitem__(self, index) -> "DenseOperator":
+        r"""Restricts a per-sample operator to the samples `index` (a shared one is returned
+        as is), so that observations can be processed in batches."""
+        if self.matrix.ndim == 2:
+            return self
+        return DenseOperator(self.matrix[index], self.in_shape)
+
     def __repr__(self) -> str:
         return f"DenseOperator(matrix={tuple(self.matrix.shape)})"

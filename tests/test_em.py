@@ -1,0 +1,108 @@
+import json
+
+import pytest
+import torch
+
+from emdm import DenseOperator, EDMDenoiser, VESchedule
+from emdm.em import EMConfig, run_em
+from emdm.nn import TimeMLP
+
+DT = torch.float32
+SCHEDULE = VESchedule(1e-3, 10.0)
+CFG = EMConfig(iterations=2, train_steps=16, batch_size=64, steps=8, sample_batch=96, seed=3)
+
+
+def toy(n=192):
+    """2-D Gaussian data seen through random 1-D projections."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((n, 2), generator=g) @ torch.tensor([[1.0, 0.0], [0.8, 0.3]]).T
+    A = torch.randn((n, 1, 2), generator=g)
+    A = A / A.norm(dim=-1, keepdim=True)
+    y = (A @ x[..., None])[..., 0] + 0.05 * torch.randn((n, 1), generator=g)
+    q0 = torch.randn((n, 2), generator=g)
+    return DenseOperator(A), y, q0
+
+
+def model():
+    torch.manual_seed(0)
+    return EDMDenoiser(TimeMLP(2, emb_features=16, hidden_features=(32, 32)), emb_features=16)
+
+
+def test_em_runs_and_reports_metrics(tmp_path):
+    A, y, q0 = toy()
+    seen = []
+    out = run_em(
+        model(),
+        A,
+        y,
+        0.05**2,
+        q0,
+        CFG,
+        SCHEDULE,
+        directory=tmp_path,
+        callback=lambda k, x, m: seen.append((k, x.shape, m)),
+    )
+    assert [k for k, _, _ in seen] == [1, 2]
+    assert out.shape[1:] == (2,) and torch.isfinite(out).all()
+    assert all({"loss", "kept", "guard"} <= set(m) for _, _, m in seen)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["config"]["train_steps"] == 16
+
+
+class Stop(Exception):
+    pass
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path):
+    A, y, q0 = toy()
+    reference = model()
+    full = run_em(reference, A, y, 0.05**2, q0, CFG, SCHEDULE, directory=tmp_path / "full")
+
+    def die(k, x, m):  # killed during iteration 2, before its checkpoint
+        if k == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_em(model(), A, y, 0.05**2, q0, CFG, SCHEDULE, directory=tmp_path / "cut", callback=die)
+    resumed_model = model()
+    resumed = run_em(
+        resumed_model, A, y, 0.05**2, q0, CFG, SCHEDULE, directory=tmp_path / "cut", resume=True
+    )
+    assert torch.equal(full, resumed)
+    for p, q in zip(reference.parameters(), resumed_model.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_resume_refuses_another_config_and_overwrite(tmp_path):
+    A, y, q0 = toy()
+    run_em(model(), A, y, 0.05**2, q0, CFG, SCHEDULE, directory=tmp_path)
+    other = EMConfig(**{**CFG.__dict__, "lr": 5e-4, "steps": 4})
+    with pytest.raises(ValueError, match="differing keys: lr, steps"):
+        run_em(model(), A, y, 0.05**2, q0, other, SCHEDULE, directory=tmp_path, resume=True)
+    with pytest.raises(ValueError, match="holds a run already"):
+        run_em(model(), A, y, 0.05**2, q0, CFG, SCHEDULE, directory=tmp_path)
+
+
+def test_non_finite_samples_name_the_iteration_and_sigma():
+    A, y, q0 = toy()
+
+    class Exploding(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model()
+
+        def forward(self, x_t, sigma):
+            out = self.inner(x_t, sigma)
+            return torch.where(sigma[:, None] < 1.0, out * float("nan"), out)
+
+    with pytest.raises(FloatingPointError, match=r"EM iteration 1: .*sigma_t = "):
+        run_em(Exploding(), A, y, 0.05**2, q0, CFG, SCHEDULE)
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        EMConfig(sampler="euler")
+    with pytest.raises(ValueError, match="covariance must be one of"):
+        EMConfig(covariance="hessian")
+    with pytest.raises(ValueError, match="train_steps"):
+        EMConfig(train_steps=0)
