@@ -6,10 +6,11 @@ or more values, and the field's `metadata={"help": ..., "choices": ...}` gives t
 and allowed values.
 """
 
-__all__ = ["config_dict", "config_parser", "parse_config"]
+__all__ = ["config_dict", "config_parser", "parse_config", "parse_scaled"]
 
 import argparse
 import dataclasses
+import sys
 import types
 import typing
 from typing import Any, TypeVar
@@ -33,9 +34,16 @@ def _default(field: dataclasses.Field) -> Any:
 
 
 def config_parser(
-    cls: type, parser: argparse.ArgumentParser | None = None, *, prog: str | None = None
+    cls: type,
+    parser: argparse.ArgumentParser | None = None,
+    *,
+    prog: str | None = None,
+    defaults: Any = None,
+    prefix: str = "",
 ) -> argparse.ArgumentParser:
-    r"""Adds one flag per field of the dataclass `cls` to `parser` (a new one if `None`)."""
+    r"""Adds one flag per field of the dataclass `cls` to `parser` (a new one if `None`), with
+    the defaults of the instance `defaults` if given, else of the class. A field that is itself
+    a dataclass contributes its fields as `--<field>-<name>` flags."""
     if not dataclasses.is_dataclass(cls):
         raise ValueError(f"cls must be a dataclass, got {cls!r}")
     description = (cls.__doc__ or "").strip() or None
@@ -44,9 +52,18 @@ def config_parser(
     )
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
-        default = _default(field)
-        flag = "--" + field.name.replace("_", "-")
-        kwargs = {"default": default, "dest": field.name, "help": field.metadata.get("help", "")}
+        default = _default(field) if defaults is None else getattr(defaults, field.name)
+        if dataclasses.is_dataclass(default):
+            config_parser(
+                type(default), parser, defaults=default, prefix=prefix + field.name + "."
+            )
+            continue
+        flag = "--" + (prefix + field.name).replace("_", "-").replace(".", "-")
+        kwargs = {
+            "default": default,
+            "dest": prefix + field.name,
+            "help": field.metadata.get("help", ""),
+        }
         hint = hints.get(field.name, type(default))
         if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
             hint = next(a for a in typing.get_args(hint) if a is not type(None))
@@ -65,21 +82,44 @@ def config_parser(
     return parser
 
 
-def parse_config(cls: type[C], argv: list[str] | None = None, *, prog: str | None = None) -> C:
+def parse_config(
+    cls: type[C], argv: list[str] | None = None, *, prog: str | None = None, defaults: Any = None
+) -> C:
     r"""Parses `argv` (default: `sys.argv[1:]`) into an instance of the dataclass `cls`.
 
     A value that argparse or the dataclass (a `ValueError` in `__post_init__`) rejects exits
     with a usage error (status 2).
     """
-    parser = config_parser(cls, prog=prog)
+    parser = config_parser(cls, prog=prog, defaults=defaults)
     args = vars(parser.parse_args(argv))
-    for field in dataclasses.fields(cls):
-        if isinstance(args[field.name], list) and isinstance(_default(field), tuple):
-            args[field.name] = tuple(args[field.name])
     try:
-        return cls(**args)
+        return _build(cls, args, defaults)
     except ValueError as error:  # from the dataclass's own checks (__post_init__)
         parser.error(str(error))
+
+
+def _build(cls: type[C], args: dict[str, Any], defaults: Any, prefix: str = "") -> C:
+    values = {}
+    for field in dataclasses.fields(cls):
+        default = _default(field) if defaults is None else getattr(defaults, field.name)
+        if dataclasses.is_dataclass(default):
+            values[field.name] = _build(type(default), args, default, prefix + field.name + ".")
+            continue
+        value = args[prefix + field.name]
+        if isinstance(value, list) and isinstance(default, tuple):
+            value = tuple(value)
+        values[field.name] = value
+    return cls(**values)
+
+
+def parse_scaled(
+    cls: type[C], argv: list[str] | None, *, quick: C, paper: C, prog: str | None = None
+) -> C:
+    r"""Parses `argv` for a reproduction script: `--quick` selects the preset `quick` (CPU,
+    minutes) instead of `paper` as the defaults, which the other flags then override."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    base = quick if "--quick" in argv else paper
+    return parse_config(cls, [a for a in argv if a != "--quick"], prog=prog, defaults=base)
 
 
 def config_dict(cfg: Any) -> dict[str, Any]:

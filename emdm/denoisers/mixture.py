@@ -12,10 +12,9 @@ For a prior :math:`p(x) = \sum_k w_k \, \mathcal{N}(x \mid \mu_k, s_k^2 I)` in
         \quad c_k = s_k^2 \sigma^2 / v_k
 
 and :math:`\mathbb{V}[x \mid x_t] = \sigma^2 I + \sigma^4 \nabla^2 \log p_\sigma(x_t)`, the
-Hessian form of Tweedie's formula. Responsibilities are computed in log-space and distances
-without the expansion :math:`\|x\|^2 - 2 x^T \mu + \|\mu\|^2`, so they stay accurate in
-float32 far from the components (at the cost of a :math:`(B, K, D)` intermediate: chunk large
-batches).
+Hessian form of Tweedie's formula. Responsibilities are computed in log-space, in float64
+around the mixture's mean, with every sum over components a matrix product (no
+:math:`(B, K, D)` intermediate), so they stay accurate in float32 far from the components.
 
 Under a linear-Gaussian observation :math:`y = A x + \varepsilon`,
 :math:`\varepsilon \sim \mathcal{N}(0, \Sigma_y)`, the posterior is again a mixture,
@@ -68,6 +67,9 @@ class MixtureDenoiser(nn.Module):
         self.register_buffer("means", means)
         self.register_buffer("std", std.clone())
         self.register_buffer("log_weights", (weights / weights.sum()).log())
+        center = means.double().mean(dim=0)
+        self.register_buffer("center", center)
+        self.register_buffer("centered", means.double() - center)
 
     @property
     def features(self) -> int:
@@ -82,53 +84,71 @@ class MixtureDenoiser(nn.Module):
             )
         return x, sigma
 
-    def _posterior_terms(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
-        r"""Returns :math:`\log p(k \mid x_t)` and :math:`v_k`, each with shape :math:`(B, K)`."""
-        means = self.means.to(x.dtype)
-        var = self.std.to(x.dtype) ** 2 + sigma[:, None] ** 2  # (B, K)
-        d2 = (x[:, None, :] - means).square().sum(dim=-1)  # (B, K), exact: no |x|² - 2xμ + |μ|²
-        log_r = self.log_weights.to(x.dtype) - d2 / (2 * var) - 0.5 * self.features * var.log()
-        return log_r, var
+    def _posterior_terms(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        r"""Returns :math:`\log p(k \mid x_t)` and :math:`v_k`, each with shape :math:`(B, K)`,
+        and :math:`x_t - \bar{\mu}`, with shape :math:`(B, D)`, all in float64.
+
+        Distances are expanded, :math:`\|x\|^2 - 2 x^T \mu_k + \|\mu_k\|^2`, so that every
+        product over :math:`K` is a matrix product rather than a :math:`(B, K, D)` tensor; they
+        are computed in float64 around the mixture's mean :math:`\bar{\mu}`, which keeps the
+        expansion accurate (absolute error :math:`\sim 10^{-16} \|x - \bar{\mu}\|^2`).
+        """
+        x = x.double() - self.center
+        means = self.centered
+        var = self.std.double() ** 2 + sigma.double()[:, None] ** 2  # (B, K)
+        d2 = x.square().sum(-1, keepdim=True) - 2 * x @ means.T + means.square().sum(-1)
+        log_r = self.log_weights.double() - d2.clamp_min(0) / (2 * var)
+        return log_r - 0.5 * self.features * var.log(), var, x
 
     def log_prob(self, x_t: Tensor, sigma: Tensor) -> Tensor:
         r"""Returns :math:`\log p_\sigma(x_t)`, with shape :math:`(B,)`."""
         x, sigma = self._flat(x_t, sigma)
-        log_r, _ = self._posterior_terms(x, sigma)
-        return torch.logsumexp(log_r, dim=-1) - 0.5 * self.features * math.log(2 * math.pi)
+        log_r, _, _ = self._posterior_terms(x, sigma)
+        log_p = torch.logsumexp(log_r, dim=-1) - 0.5 * self.features * math.log(2 * math.pi)
+        return log_p.to(x.dtype)
 
     def responsibilities(self, x_t: Tensor, sigma: Tensor) -> Tensor:
         r"""Returns :math:`p(k \mid x_t)`, with shape :math:`(B, K)`."""
         x, sigma = self._flat(x_t, sigma)
-        log_r, _ = self._posterior_terms(x, sigma)
-        return torch.softmax(log_r, dim=-1)
+        log_r, _, _ = self._posterior_terms(x, sigma)
+        return torch.softmax(log_r, dim=-1).to(x.dtype)
 
-    def _moments(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        log_r, var = self._posterior_terms(x, sigma)
-        r = torch.softmax(log_r, dim=-1)  # (B, K)
-        s2 = self.std.to(x.dtype) ** 2
-        means = self.means.to(x.dtype)
-        m = (sigma[:, None, None] ** 2 * means + s2[:, None] * x[:, None, :]) / var[..., None]
-        return r, m, s2 * sigma[:, None] ** 2 / var  # (B, K), (B, K, D), (B, K)
+    def _weights(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        r"""Returns :math:`r_k = p(k \mid x_t)`, :math:`a_k = \sigma^2 / v_k` and
+        :math:`b_k = s_k^2 / v_k` (each :math:`(B, K)`), with
+        :math:`m_k - \bar{\mu} = a_k \tilde{\mu}_k + b_k \tilde{x}_t`, and the centred
+        :math:`\tilde{x}_t`."""
+        log_r, var, xc = self._posterior_terms(x, sigma)
+        r = torch.softmax(log_r, dim=-1)
+        a = sigma.double()[:, None] ** 2 / var
+        b = self.std.double() ** 2 / var
+        return r, a, b, xc
 
     def forward(self, x_t: Tensor, sigma: Tensor) -> Tensor:
         r"""Returns :math:`\mathbb{E}[x \mid x_t]`, with the shape of `x_t`."""
         x, sigma = self._flat(x_t, sigma)
-        log_r, var = self._posterior_terms(x, sigma)
-        r = torch.softmax(log_r, dim=-1)  # (B, K)
-        s2 = self.std.to(x.dtype) ** 2
-        # sum_k r_k m_k without materializing (B, K, D)
-        out = (r * sigma[:, None] ** 2 / var) @ self.means.to(x.dtype)
-        out = out + (r * s2 / var).sum(dim=-1, keepdim=True) * x
-        return out.reshape(x_t.shape)
+        r, a, b, xc = self._weights(x, sigma)
+        mean = (r * a) @ self.centered + (r * b).sum(-1, keepdim=True) * xc  # (B, D)
+        return (mean + self.center).to(x.dtype).reshape(x_t.shape)
 
     def covariance(self, x_t: Tensor, sigma: Tensor) -> Tensor:
         r"""Returns :math:`\mathbb{V}[x \mid x_t]`, dense with shape :math:`(B, D, D)`."""
         x, sigma = self._flat(x_t, sigma)
-        r, m, c = self._moments(x, sigma)
-        mean = torch.einsum("bk,bkd->bd", r, m)
-        dm = m - mean[:, None, :]  # (B, K, D)
-        cov = torch.einsum("bk,bki,bkj->bij", r, dm, dm)
-        return cov + torch.diag_embed((r * c).sum(dim=-1, keepdim=True).expand_as(x))
+        r, a, b, xc = self._weights(x, sigma)
+        B, D = xc.shape
+        mu = self.centered
+        mean = (r * a) @ mu + (r * b).sum(-1, keepdim=True) * xc
+        # sum_k r_k m_k m_kᵀ by matrix products: a² μμᵀ + ab (μ xᵀ + x μᵀ) + b² x xᵀ
+        outer = ((r * a * a) @ (mu[:, :, None] * mu[:, None, :]).reshape(-1, D * D)).reshape(
+            B, D, D
+        )
+        cross = ((r * a * b) @ mu)[:, :, None] * xc[:, None, :]
+        second = outer + cross + cross.mT
+        second = second + (r * b * b).sum(-1)[:, None, None] * (xc[:, :, None] * xc[:, None, :])
+        cov = second - mean[:, :, None] * mean[:, None, :]
+        c = (r * a * self.std.double() ** 2).sum(-1)  # sum_k r_k c_k
+        cov = cov + c[:, None, None] * torch.eye(D, dtype=cov.dtype, device=cov.device)
+        return cov.to(x.dtype)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         r"""Draws `n` prior samples, with shape :math:`(n, D)`."""

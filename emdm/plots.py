@@ -1,0 +1,92 @@
+r"""Figures of the paper, drawn with matplotlib's object API: no pyplot, no global backend,
+nothing shown on screen."""
+
+__all__ = ["corner", "figure", "pairs", "save"]
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+
+def figure(rows: int, cols: int, size: tuple[float, float]) -> tuple[Figure, np.ndarray]:
+    r"""Returns a figure and its axes as a :math:`(rows, cols)` array."""
+    fig = Figure(figsize=size)
+    return fig, np.asarray(fig.subplots(rows, cols, squeeze=False))
+
+
+def corner(
+    x: torch.Tensor,
+    bins: int = 64,
+    lims: tuple[float, float] = (-3.0, 3.0),
+    cmap: str = "Blues",
+    labels: Sequence[str] | None = None,
+    size: float = 1.6,
+) -> Figure:
+    r"""Draws the 1-D and 2-D marginals of samples with shape :math:`(N, D)`: histograms on
+    the diagonal, 2-D histograms below it."""
+    x = x.detach().cpu().double().numpy()
+    D = x.shape[1]
+    labels = labels or [f"$x_{i + 1}$" for i in range(D)]
+    fig, axes = figure(D, D, (size * D, size * D))
+    edges = np.linspace(*lims, bins + 1)
+    for i in range(D):
+        for j in range(D):
+            ax = axes[i, j]
+            if j > i:
+                ax.axis("off")
+                continue
+            if i == j:
+                ax.hist(x[:, i], bins=edges, color="tab:blue", histtype="stepfilled", alpha=0.7)
+                ax.set_yticks([])
+            else:
+                ax.hist2d(x[:, j], x[:, i], bins=[edges, edges], cmap=cmap, rasterized=True)
+            ax.set_xlim(lims)
+            if i == D - 1:
+                ax.set_xlabel(labels[j])
+            else:
+                ax.set_xticks([])
+            if j == 0 and i > 0:
+                ax.set_ylabel(labels[i])
+            elif i != j:
+                ax.set_yticks([])
+    fig.subplots_adjust(wspace=0.05, hspace=0.05)
+    return fig
+
+
+def pairs(
+    panels: dict[str, torch.Tensor],
+    bins: int = 64,
+    lims: tuple[float, float] = (-3.0, 3.0),
+    cmap: str = "Blues",
+    size: float = 1.6,
+) -> Figure:
+    r"""Draws, for each named sample set :math:`(N, D)` (a column), the 2-D histograms of
+    consecutive coordinates :math:`(x_i, x_{i+1})` (rows), as the paper's Figure 3."""
+    names = list(panels)
+    D = next(iter(panels.values())).shape[1]
+    fig, axes = figure(D - 1, len(names), (size * len(names), size * (D - 1)))
+    edges = np.linspace(*lims, bins + 1)
+    for c, name in enumerate(names):
+        x = panels[name].detach().cpu().double().numpy()
+        for r in range(D - 1):
+            ax = axes[r, c]
+            ax.hist2d(x[:, r], x[:, r + 1], bins=[edges, edges], cmap=cmap, rasterized=True)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name)
+            if c == 0:
+                ax.set_ylabel(f"$(x_{r + 1}, x_{r + 2})$")
+    fig.subplots_adjust(wspace=0.05, hspace=0.05)
+    return fig
+
+
+def save(fig: Figure, path: str | Path) -> Path:
+    r"""Saves a figure as PNG (150 dpi)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    return path
