@@ -54,7 +54,7 @@ def ot_cost(
     b = torch.full((len(v),), 1 / len(v), dtype=v.dtype, device=v.device)
     M = ot.dist(u, v)  # squared Euclidean
     if method == "emd":
-        return ot.emd2(a, b, M, numItermax=10**7, numThreads="max")
+        return ot.emd2(a, b, M, numItermax=10**7)
     return ot.sinkhorn2(
         a, b, M, reg, numItermax=iterations, stopThr=threshold, method="sinkhorn_log"
     )
