@@ -53,7 +53,7 @@ class EMConfig:
     ema: float = 0.0  # EMA decay of the weights used by the E-step; 0: none (none)
     sampler: str = "pc"  # ("pc")
     steps: int = 256  # (4096)
-    covariance: str = "tweedie"  # ("cov_x" in the code's default, see protocols §8.2)
+    covariance: str = "tweedie"  # or a heuristic; "cov_x": q_0's covariance, the code's default
     cg_iterations: int = 2  # (until converged; M = 2 makes 2 exact)
     sample_batch: int = 4096  # observations per E-step batch
     keep_range: float = 3.0  # drop samples with a coordinate outside (-r, r); 0: keep all (3)
@@ -65,8 +65,10 @@ class EMConfig:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {tuple(SAMPLERS)}, got {self.sampler!r}")
-        if self.covariance not in COVARIANCES:
-            raise ValueError(f"covariance must be one of {COVARIANCES}, got {self.covariance!r}")
+        if self.covariance not in (*COVARIANCES, "cov_x"):
+            raise ValueError(
+                f"covariance must be one of {(*COVARIANCES, 'cov_x')}, got {self.covariance!r}"
+            )
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
 
@@ -204,6 +206,7 @@ def run_em(
     resume: bool = False,
     identity: dict[str, Any] | None = None,
     callback: Callable[[int, Tensor, dict[str, float]], None] | None = None,
+    prior_cov: DPLR | None = None,
     progress: bool = False,
 ) -> Tensor:
     r"""Runs `cfg.iterations` EM iterations from the samples of :math:`q_0`.
@@ -225,6 +228,9 @@ def run_em(
         identity: Anything else that defines the run (data, model), compared on resume.
         callback: Called after each iteration `k` (from 1) with the samples of :math:`q_k` and
             the iteration's metrics (`loss`, `kept`, `guard`).
+        prior_cov: The covariance :math:`\Sigma_x` that `cfg.covariance = "cov_x"` uses in
+            MMPS, :math:`V_t = (\Sigma_x^{-1} + \sigma_t^{-2} I)^{-1}` (the paper's code uses
+            :math:`q_0`'s, fixed for all iterations).
         progress: Whether to show progress bars.
 
     Returns:
@@ -232,6 +238,9 @@ def run_em(
     """
     if len(samples) != len(y):
         raise ValueError(f"expected one q_0 sample per observation ({len(y)}), got {len(samples)}")
+    if cfg.covariance == "cov_x" and not isinstance(prior_cov, DPLR):
+        raise ValueError("covariance 'cov_x' needs prior_cov, the prior covariance as a DPLR")
+    covariance = prior_cov if cfg.covariance == "cov_x" else None
     mean = torch.zeros_like(samples[0]) if mean is None else mean.reshape(samples.shape[1:])
     generator = torch.Generator(y.device).manual_seed(cfg.seed)
     ema = copy.deepcopy(denoiser).requires_grad_(False) if cfg.ema > 0 else None
@@ -288,7 +297,9 @@ def run_em(
         )
         prior = ema if ema is not None else denoiser
         try:
-            samples, guard = e_step(prior, A, y, cov_y, cfg, schedule, mean, generator, progress)
+            samples, guard = e_step(
+                prior, A, y, cov_y, cfg, schedule, mean, generator, progress, covariance
+            )
         except FloatingPointError as error:
             raise FloatingPointError(f"EM iteration {k + 1}: {error}") from None
         kept = len(samples)

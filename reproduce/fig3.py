@@ -9,6 +9,7 @@ samples of q_k for k = 1, 2, 4, 8, ... are kept (`results/fig3*_q{k}.npy`).
     python reproduce/fig3.py --quick     # 8192 observations, 16 iterations: about 20 min on CPU
     python reproduce/fig3.py             # the paper's sizes (65 536 observations, 64 laps): GPU
     python reproduce/fig3.py --quick --resume      # continue a killed run
+    python reproduce/fig3.py --quick --em-covariance cov_x   # the paper's code's E-step
 
 Expected: the score falls several-fold from q_1 to the last iteration and the 2-D marginals
 concentrate on the curve. Writes results/fig3[_quick].{csv,json,png} and _score.png.
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     run_em(denoiser, DenseOperator(A), y, cfg.sigma_y**2, q0, cfg.em, schedule, mean=mu,
            directory=run, resume=cfg.resume,
            identity={k: v for k, v in config_dict(cfg).items() if k not in ("resume", "quiet")},
-           callback=callback, progress=not cfg.quiet)  # fmt: skip
+           callback=callback, prior_cov=cov, progress=not cfg.quiet)  # fmt: skip
 
     rows = {
         (r["em_iteration"], r["metric"]): r for r in map(json.loads, log.read_text().split("\n"))

@@ -99,6 +99,18 @@ def test_non_finite_samples_name_the_iteration_and_sigma():
         run_em(Exploding(), A, y, 0.05**2, q0, CFG, SCHEDULE)
 
 
+def test_prior_covariance_option():
+    from emdm import DPLR
+
+    A, y, q0 = toy()
+    cfg = EMConfig(**{**CFG.__dict__, "covariance": "cov_x", "iterations": 1})
+    cov = DPLR(torch.ones(2), torch.zeros(2, 1))
+    out = run_em(model(), A, y, 0.05**2, q0, cfg, SCHEDULE, prior_cov=cov)
+    assert torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="needs prior_cov"):
+        run_em(model(), A, y, 0.05**2, q0, cfg, SCHEDULE)
+
+
 def test_bad_config():
     with pytest.raises(ValueError, match="sampler must be one of"):
         EMConfig(sampler="euler")
