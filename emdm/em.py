@@ -248,6 +248,7 @@ def run_em(
     start = 0
 
     record = {"config": dataclasses.asdict(cfg), "identity": identity or {}}
+    record = json.loads(json.dumps(record, default=str))  # as saved: tuples become lists
     if directory is not None:
         directory = Path(directory)
         checkpoint = directory / "last.pt"
@@ -277,7 +278,7 @@ def run_em(
             samples, start = state["samples"].to(y.device), state["iteration"]
         else:
             directory.mkdir(parents=True, exist_ok=True)
-            (directory / "config.json").write_text(json.dumps(record, indent=2, default=str))
+            (directory / "config.json").write_text(json.dumps(record, indent=2))
 
     for k in tqdm(range(start, cfg.iterations), disable=not progress, desc="EM", initial=start):
         if cfg.restart_optimizer:

@@ -75,10 +75,14 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
 
 def test_resume_refuses_another_config_and_overwrite(tmp_path):
     A, y, q0 = toy()
-    run_em(model(), A, y, 0.05**2, q0, CFG, SCHEDULE, directory=tmp_path)
+    identity = {"sizes": (1, 2)}  # a tuple survives the JSON round trip of the saved config
+    run_em(model(), A, y, 0.05**2, q0, CFG, SCHEDULE, directory=tmp_path, identity=identity)
+    run_em(model(), A, y, 0.05**2, q0, CFG, SCHEDULE, directory=tmp_path, identity=identity,
+           resume=True)  # fmt: skip
     other = EMConfig(**{**CFG.__dict__, "lr": 5e-4, "steps": 4})
     with pytest.raises(ValueError, match="differing keys: lr, steps"):
-        run_em(model(), A, y, 0.05**2, q0, other, SCHEDULE, directory=tmp_path, resume=True)
+        run_em(model(), A, y, 0.05**2, q0, other, SCHEDULE, directory=tmp_path, resume=True,
+               identity=identity)  # fmt: skip
     with pytest.raises(ValueError, match="holds a run already"):
         run_em(model(), A, y, 0.05**2, q0, CFG, SCHEDULE, directory=tmp_path)
 
