@@ -24,7 +24,7 @@ uses one :math:`A` for all samples, `--threads 1` a single thread, to separate t
 
 Command: `.venv/bin/python bench/mmps_cost.py` writes `results/bench/mmps_cost_cpu.csv` (tidy:
 benchmark, device, threads, batch, features, measurements, iterations, metric, value) and
-`results/bench/mmps_cost_cpu.json` (resolved config and provenance). About 20 s on 2 idle CPU
+`results/bench/mmps_cost_cpu.json` (resolved config and provenance). About 25 s on 2 idle CPU
 cores. Run it on an idle machine: threads that share their cores with other processes wait at
 every parallel op, which makes the timings meaningless.
 
