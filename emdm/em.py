@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from .dplr import DPLR
 from .loss import denoiser_loss
-from .mmps import COVARIANCES, MMPS
+from .mmps import COVARIANCES, MMPS, SOLVERS
 from .samplers import SAMPLERS, sample
 from .schedule import Schedule
 
@@ -54,7 +54,8 @@ class EMConfig:
     sampler: str = "pc"  # ("pc")
     steps: int = 256  # (4096)
     covariance: str = "tweedie"  # or a heuristic; "cov_x": q_0's covariance, the code's default
-    cg_iterations: int = 2  # (until converged; M = 2 makes 2 exact)
+    cg_iterations: int = 2  # (until converged, rtol 1e-3)
+    solver: str = "cg"  # or "dense": the exact solve, symmetrized and floored (small y only)
     sample_batch: int = 4096  # observations per E-step batch
     keep_range: float = 3.0  # drop samples with a coordinate outside (-r, r); 0: keep all (3)
     seed: int = 0
@@ -69,6 +70,8 @@ class EMConfig:
             raise ValueError(
                 f"covariance must be one of {(*COVARIANCES, 'cov_x')}, got {self.covariance!r}"
             )
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
 
@@ -154,7 +157,8 @@ def e_step(
         covariance: MMPS's covariance, if not `cfg.covariance` (e.g. a Gaussian prior's DPLR).
 
     Returns:
-        The samples, with shape :math:`(N, *)`, and how often MMPS's CG guard fired.
+        The samples, with shape :math:`(N, *)`, and how often MMPS's solver guard fired (CG:
+        non-positive curvature; dense: eigenvalues raised to the floor).
     """
     covariance = cfg.covariance if covariance is None else covariance
     out, guard = [], 0
@@ -164,7 +168,9 @@ def e_step(
         index = slice(i, i + cfg.sample_batch)
         y_i = y[index]
         c_i = batch_cov_y(cov_y, y, index)
-        posterior = MMPS(denoiser, A[index], y_i, c_i, covariance, cfg.cg_iterations)
+        posterior = MMPS(
+            denoiser, A[index], y_i, c_i, covariance, cfg.cg_iterations, solver=cfg.solver
+        )
         shape = (len(y_i), *mean.shape)
         z = torch.randn(shape, generator=generator, dtype=y.dtype, device=generator.device)
         x1 = mean + sigma_1 * z.to(y.device)

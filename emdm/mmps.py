@@ -19,6 +19,11 @@ gradient iterations. The covariance :math:`V_t \approx \mathbb{V}[x \mid x_t]` i
 * `"identity"`: :math:`V_t = (I + \sigma_t^{-2} I)^{-1}`, i.e. :math:`\Sigma_x = I`;
 * a :class:`DPLR` :math:`\Sigma_x`: :math:`V_t = (\Sigma_x^{-1} + \sigma_t^{-2} I)^{-1}`.
 
+With `solver="dense"` (small observations only) the system is instead formed, symmetrized and
+solved exactly, with its eigenvalues floored at :math:`\Sigma_y`'s smallest
+(:func:`emdm.solvers.dense_solve`): the paper's exact solve of the manifold experiment, safe when
+a learned Jacobian makes :math:`\Sigma_y + A V_t A^T` indefinite or singular.
+
 The final correction always uses the true vector-Jacobian product. One call costs one forward
 pass of :math:`d`, `iterations` VJPs (Tweedie) and one final VJP, all through a single graph.
 
@@ -27,7 +32,7 @@ References:
     | (Rozet et al., 2024) https://arxiv.org/abs/2405.13712
 """
 
-__all__ = ["COVARIANCES", "MMPS"]
+__all__ = ["COVARIANCES", "MMPS", "SOLVERS"]
 
 import math
 from collections.abc import Callable
@@ -39,9 +44,10 @@ from .denoisers.base import broadcast_sigma
 from .denoisers.gaussian import posterior_covariance
 from .dplr import DPLR
 from .operators.base import transpose
-from .solvers import DOTS, cg
+from .solvers import DENSE_MAX, DOTS, cg, dense_solve
 
 COVARIANCES = ("tweedie", "zero", "sigma_t", "identity")
+SOLVERS = ("cg", "dense")
 
 
 def _check_cov_y(cov_y, y: Tensor) -> Tensor | DPLR:
@@ -95,17 +101,21 @@ class MMPS:
             tensor broadcastable to `y`, or a :class:`DPLR` on the flattened `y`.
         covariance: The covariance :math:`V_t`: one of `"tweedie"`, `"zero"`, `"sigma_t"`,
             `"identity"`, or a :class:`DPLR` prior covariance :math:`\Sigma_x`.
-        iterations: The number of CG iterations, at least 1.
+        iterations: The number of CG iterations, at least 1 (unused by `solver="dense"`).
         dot: CG inner products per `"sample"` (default) or over the whole `"batch"`, as the
             paper's code does.
         accumulate: The dtype of CG inner products (e.g. `torch.float64`).
         rtol: The CG relative residual tolerance (the paper's code uses 1e-3).
         check: Whether to check each call's :math:`\sigma > 0` (one host sync per call).
+        solver: `"cg"`, or `"dense"`: the exact solve of the symmetrized system with its
+            eigenvalues floored (observations of at most
+            :data:`emdm.solvers.DENSE_MAX` elements; costs one VJP per element).
 
     Attributes:
-        nonpositive: How many times, over all calls so far, CG met a direction of
-            non-positive curvature (an untrained network's :math:`J` need not be positive
-            semi-definite) and kept the last finite iterate; a tensor, read without forcing a
+        nonpositive: How many times, over all calls so far, the solver's guard fired: CG met
+            a direction of non-positive curvature (an untrained network's :math:`J` need not
+            be positive semi-definite) and kept the last finite iterate, or the dense solve
+            raised an eigenvalue to its floor; a tensor, read without forcing a
             synchronization until you print it.
     """
 
@@ -122,6 +132,7 @@ class MMPS:
         accumulate: torch.dtype | None = None,
         rtol: float = 0.0,
         check: bool = True,
+        solver: str = "cg",
     ):
         if not callable(denoiser):
             raise ValueError(f"denoiser must be callable, got {type(denoiser).__name__}")
@@ -145,6 +156,8 @@ class MMPS:
             raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
         if dot not in DOTS:
             raise ValueError(f"dot must be one of {DOTS}, got {dot!r}")
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
 
         self.denoiser, self.A, self.y = denoiser, A, y
         self.cov_y = _check_cov_y(cov_y, y)
@@ -154,6 +167,17 @@ class MMPS:
             self.cov_y = self.cov_y.to(dtype=y.dtype)
         self.covariance, self.iterations = covariance, iterations
         self.dot, self.accumulate, self.rtol, self.check = dot, accumulate, rtol, check
+        self.solver = solver
+        if solver == "dense":
+            if y[0].numel() > DENSE_MAX:
+                raise ValueError(
+                    f'solver="dense" forms the system matrix with one VJP per observed '
+                    f"element: y has {y[0].numel()} per sample, at most {DENSE_MAX} allowed; "
+                    f'use solver="cg"'
+                )
+            self.floor = _smallest_eigenvalue(self.cov_y, y)
+            if not bool(torch.all(self.floor > 0)):
+                raise ValueError("cov_y must be positive definite: it has eigenvalues <= 0")
         self.nonpositive = torch.zeros((), dtype=torch.int64, device=y.device)
 
     def _check_x(self, x_t: Tensor) -> None:
@@ -242,22 +266,38 @@ class MMPS:
             def matvec(v: Tensor) -> Tensor:
                 return self._cov_y(v) + A(V(A_T(v)))
 
-        v, info = cg(
-            matvec,
-            r,
-            self.iterations,
-            dot=self.dot,
-            accumulate=self.accumulate,
-            rtol=self.rtol,
-            return_info=True,
-        )
+        if self.solver == "dense":
+            acc = self.accumulate or torch.float64
+            v, info = dense_solve(matvec, r, self.floor, accumulate=acc, return_info=True)
+        else:
+            v, info = cg(
+                matvec,
+                r,
+                self.iterations,
+                dot=self.dot,
+                accumulate=self.accumulate,
+                rtol=self.rtol,
+                return_info=True,
+            )
         self.nonpositive = self.nonpositive + info.nonpositive.sum()
         return (x_hat + s2 * vjp(A_T(v), retain=False)).detach()
 
     def __repr__(self) -> str:
         cov = self.covariance if isinstance(self.covariance, str) else repr(self.covariance)
-        return f"MMPS(A={self.A!r}, covariance={cov}, iterations={self.iterations})"
+        solver = f"iterations={self.iterations}" if self.solver == "cg" else "solver=dense"
+        return f"MMPS(A={self.A!r}, covariance={cov}, {solver})"
 
 
 def _bcast(s: Tensor, like: Tensor) -> Tensor:
     return s.reshape(s.shape + (1,) * (like.ndim - 1))
+
+
+def _smallest_eigenvalue(cov_y: Tensor | DPLR, y: Tensor) -> Tensor:
+    r"""The smallest eigenvalue of :math:`\Sigma_y`, per observation :math:`(B,)` or shared
+    :math:`()` (a DPLR is small enough to decompose: `dense_solve` only takes small events)."""
+    if isinstance(cov_y, DPLR):
+        M = cov_y.to(torch.float64).dense()
+        return torch.linalg.eigvalsh((M + M.mT) / 2)[..., 0].to(y.dtype)
+    if cov_y.ndim == 0:
+        return cov_y
+    return cov_y.expand_as(y).flatten(1).amin(-1)

@@ -122,3 +122,22 @@ def test_bad_config():
         EMConfig(covariance="hessian")
     with pytest.raises(ValueError, match="train_steps"):
         EMConfig(train_steps=0)
+    with pytest.raises(ValueError, match="solver must be one of"):
+        EMConfig(solver="lu")
+
+
+def test_dense_solver_matches_cg_on_scalar_systems():
+    # with 1-D observations and a Gaussian prior (PSD Jacobian), one CG iteration is the exact
+    # solve: the dense solver gives the same samples and neither guard fires
+    from emdm import DPLR, GaussianDenoiser
+    from emdm.em import e_step
+
+    A, y, _ = toy()
+    prior = GaussianDenoiser(torch.zeros(2), DPLR(torch.tensor([1.0, 0.5])))
+    runs = {}
+    for solver in ("cg", "dense"):
+        cfg = EMConfig(**{**CFG.__dict__, "cg_iterations": 1, "solver": solver})
+        g = torch.Generator().manual_seed(0)
+        runs[solver] = e_step(prior, A, y, 0.05**2, cfg, SCHEDULE, torch.zeros(2), g)
+    assert runs["cg"][1] == runs["dense"][1] == 0
+    torch.testing.assert_close(runs["cg"][0], runs["dense"][0], rtol=1e-4, atol=1e-4)

@@ -255,3 +255,48 @@ def test_bad_input_is_rejected_before_work(problem):
     # a plain callable whose output does not match y is caught before the CG solve
     with pytest.raises(ValueError, match="but y has shape"):
         MMPS(denoiser, lambda x: x[:, :2], y, 0.1)(x_t, s)
+
+
+@pytest.mark.parametrize("sigma", [1e-3, 1.0, 100.0])
+def test_dense_solver_equals_closed_form(problem, sigma):
+    denoiser, cov_x, mu, A, y, x_t = problem
+    s = torch.full((B,), sigma, dtype=torch.float64)
+    m, V = gaussian_moments(cov_x, mu, x_t, sigma)
+    cov_y = torch.rand((B, M), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    cov_y = 0.01 + cov_y  # a per-observation diagonal
+    expected = posterior_mean(m, V, A, y, torch.diag_embed(cov_y))
+    mmps = MMPS(denoiser, DenseOperator(A), y, cov_y, solver="dense")
+    torch.testing.assert_close(mmps(x_t, s), expected, rtol=1e-7, atol=1e-9)
+    assert mmps.nonpositive.item() == 0
+    counting = CountingDenoiser(denoiser)
+    MMPS(counting, DenseOperator(A), y, cov_y, solver="dense")(x_t, s)
+    assert (counting.forwards, counting.backwards) == (1, M + 1)  # one VJP per column
+
+
+def test_dense_solver_floors_an_indefinite_jacobian(problem):
+    denoiser, cov_x, mu, A, y, x_t = problem
+    s = torch.ones(B, dtype=torch.float64)
+    negated = lambda x, sigma: -denoiser(x, sigma)  # noqa: E731 (J negative definite)
+    mmps = MMPS(negated, DenseOperator(A), y, 1e-2, solver="dense")
+    out = mmps(x_t, s)
+    # A V Aᵀ is negative definite: every eigenvalue of Σ_y + A V Aᵀ falls below Σ_y's and is
+    # raised to it, so the solve is (Σ_y)⁻¹ r, the V = 0 system's, then corrected with J
+    assert mmps.nonpositive.item() == B * M
+    x_hat = negated(x_t, s)
+    r = y - (A @ x_hat[..., None])[..., 0]
+    J = -(cov_x.dense() @ torch.linalg.inv(cov_x.dense() + I))  # of x̂ = -m(x_t), σ = 1
+    expected = x_hat + (J.mT @ A.mT @ (r / 1e-2)[..., None])[..., 0]
+    torch.testing.assert_close(out, expected)
+
+
+def test_dense_solver_bad_input(problem):
+    denoiser, cov_x, mu, A, y, x_t = problem
+    with pytest.raises(ValueError, match="solver must be one of"):
+        MMPS(denoiser, DenseOperator(A), y, 0.01, solver="lu")
+    big = torch.zeros(B, 65)
+    with pytest.raises(ValueError, match="at most 64"):
+        MMPS(denoiser, lambda x: x, big, 0.01, solver="dense")
+    with pytest.raises(ValueError, match="positive definite"):
+        ones = torch.ones(M, dtype=torch.float64)
+        bad = DPLR(ones, -2 * ones[:, None], ones[None])  # I - 2·11ᵀ: eigenvalue 1 - 2M
+        MMPS(denoiser, DenseOperator(A), y, bad, solver="dense")

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from emdm import cg
+from emdm.solvers import DENSE_MAX, dense_solve
 
 
 def spd(B, N, gen, cond=10.0):
@@ -137,3 +138,48 @@ def test_cg_bad_input():
         cg(lambda v: v, b, -1)
     with pytest.raises(ValueError, match="x0 must have the shape"):
         cg(lambda v: v, b, 1, x0=torch.ones(3))
+
+
+def test_dense_solve_equals_solve_on_spd_systems(gen):
+    B, N = 4, 5
+    C = spd(B, N, gen)
+    b = torch.randn((B, N), generator=gen, dtype=torch.float64)
+    x, info = dense_solve(batched(C), b, 0.5, return_info=True)  # every eigenvalue >= 1
+    torch.testing.assert_close(x, torch.linalg.solve(C, b))
+    assert info.nonpositive.sum() == 0 and info.residual.max() < 1e-12
+
+
+def test_dense_solve_symmetrizes_and_floors(gen):
+    B, N = 3, 4
+    S = spd(B, N, gen)
+    skew = torch.randn((B, N, N), generator=gen, dtype=torch.float64)
+    skew = skew - skew.mT  # the symmetric part of S + skew is S
+    b = torch.randn((B, N), generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(dense_solve(batched(S + skew), b, 0.5), torch.linalg.solve(S, b))
+
+    # an indefinite, then a singular, system: eigenvalues below the floor are raised to it
+    Q, _ = torch.linalg.qr(torch.randn((B, N, N), generator=gen, dtype=torch.float64))
+    eig = torch.tensor([-2.0, 0.0, 0.5, 3.0], dtype=torch.float64)
+    C = Q @ torch.diag_embed(eig) @ Q.mT
+    x, info = dense_solve(batched(C), b, torch.full((B,), 1.0), return_info=True)
+    floored = Q @ torch.diag_embed(eig.clamp(min=1.0)) @ Q.mT
+    torch.testing.assert_close(x, torch.linalg.solve(floored, b))
+    assert info.nonpositive.tolist() == [3] * B  # -2, 0 and 0.5 were raised
+
+
+def test_dense_solve_event_shapes_and_dtype(gen):
+    C = spd(2, 6, gen)
+    b = torch.randn((2, 2, 3), generator=gen, dtype=torch.float64)
+    x = dense_solve(lambda v: (C @ v.flatten(1)[..., None]).reshape(v.shape), b, 0.5)
+    assert x.shape == b.shape
+    torch.testing.assert_close(x.flatten(1), torch.linalg.solve(C, b.flatten(1)))
+    x32 = dense_solve(batched(C.float()), b.flatten(1).float(), 0.5)
+    assert x32.dtype == torch.float32
+    torch.testing.assert_close(x32.double(), x.flatten(1), rtol=1e-5, atol=1e-5)
+
+
+def test_dense_solve_bad_input():
+    with pytest.raises(ValueError, match="at most"):
+        dense_solve(lambda v: v, torch.ones(2, DENSE_MAX + 1), 1.0)
+    with pytest.raises(ValueError, match="floor must be positive"):
+        dense_solve(lambda v: v, torch.ones(2, 3), 0.0)
