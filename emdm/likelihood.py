@@ -13,7 +13,11 @@ for the covariances compared by the paper (protocols §3.1):
 * `"cov_x"`: :math:`(\Sigma_x^{-1} + \sigma_t^{-2} I)^{-1}`, with :math:`\Sigma_x` the prior's
   covariance;
 * `"sigma_t"`: :math:`\sigma_t^2 I`;
-* `"zero"`: :math:`0`.
+* `"zero"`: :math:`0`;
+
+and, as a reference, `"exact"`: the exact :math:`p(y \mid x_t)` of the mixture (itself a
+Gaussian mixture, :meth:`emdm.MixtureDenoiser.log_likelihood`). Resampling with it gives
+:math:`p(x_t \mid y)` up to the resampling itself, so its score is the resampling noise floor.
 
 Resampling prior draws :math:`x_t` with weights :math:`\propto q(y \mid x_t)` gives samples of
 the approximate posterior :math:`q(x_t \mid y) \propto p(x_t) \, q(y \mid x_t)`.
@@ -23,7 +27,7 @@ References:
     | (Rozet et al., 2024) https://arxiv.org/abs/2405.13712
 """
 
-__all__ = ["LIKELIHOODS", "log_likelihood", "resample"]
+__all__ = ["EXACT", "LIKELIHOODS", "log_likelihood", "resample"]
 
 import math
 
@@ -33,6 +37,7 @@ from torch import Tensor
 from .denoisers import MixtureDenoiser
 
 LIKELIHOODS = ("tweedie", "cov_x", "sigma_t", "zero")
+EXACT = "exact"
 
 
 def log_likelihood(
@@ -55,13 +60,13 @@ def log_likelihood(
         W: The observation matrix, with shape :math:`(M, D)`.
         y: The observation, with shape :math:`(M,)`.
         cov_y: The noise variance, :math:`\Sigma_y = \sigma_y^2 I`.
-        covariance: One of `"tweedie"`, `"cov_x"`, `"sigma_t"`, `"zero"`.
+        covariance: One of `"tweedie"`, `"cov_x"`, `"sigma_t"`, `"zero"`, or `"exact"`.
         cov_x: The prior covariance :math:`\Sigma_x`, with shape :math:`(D, D)`, for `"cov_x"`.
         chunk: How many points to process at once: (chunk, K) intermediates that fit in cache
             are several times faster than larger ones.
     """
-    if covariance not in LIKELIHOODS:
-        raise ValueError(f"covariance must be one of {LIKELIHOODS}, got {covariance!r}")
+    if covariance not in (*LIKELIHOODS, EXACT):
+        raise ValueError(f"covariance must be one of {(*LIKELIHOODS, EXACT)}, got {covariance!r}")
     if covariance == "cov_x" and cov_x is None:
         raise ValueError("covariance 'cov_x' needs the prior covariance cov_x")
     D, M = x_t.shape[1], W.shape[0]
@@ -75,6 +80,9 @@ def log_likelihood(
     out = []
     for x in x_t.split(chunk):
         s = torch.full((len(x),), sigma, dtype=x.dtype, device=x.device)
+        if covariance == EXACT:
+            out.append(prior.log_likelihood(x, s, W, y, cov_y).to(x.dtype))
+            continue
         mean = prior(x, s)
         V = prior.covariance(x, s) if covariance == "tweedie" else V_fixed
         S = cov_y * torch.eye(M, dtype=x.dtype, device=x.device) + W @ V @ W.T  # (B, M, M)

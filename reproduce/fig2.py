@@ -4,8 +4,11 @@ Protocol (protocols §3.1): per seed, a Gaussian mixture prior of 256 components
 a random 1-D manifold in R³, one observation y = W x* + ε (W ∈ R^{1×3}, σ_y = 0.01, x* the
 first centre). For each σ_t, the exact p(x_t | y) (closed-form posterior samples plus noise) is
 compared with q(x_t | y) ∝ p(x_t) q(y | x_t) (prior draws resampled by the Gaussian likelihood
-of each covariance) by the debiased OT score S = OT(u₁, v) − OT(u₁, u₂). The noise floor is S
-with a third exact sample as v. Medians over seeds with the 25–75 % band.
+of each covariance) by the debiased OT score S = OT(u₁, v) − OT(u₁, u₂). Two references: the
+noise floor, S with a third exact sample as v, and the resampling floor, S of prior draws
+resampled with the exact likelihood p(y | x_t) (a Gaussian mixture): what the resampling itself
+costs, so that a curve near it is limited by the finite prior draws, not by its covariance.
+Medians over seeds with the 25–75 % band.
 
     python reproduce/fig2.py --quick     # 4 seeds, 2^17 prior draws, exact OT on 2048: ~10 min
     python reproduce/fig2.py             # 64 seeds, 2^20 draws, the paper's Sinkhorn on 16384
@@ -27,7 +30,7 @@ from tqdm.auto import tqdm
 from emdm.config import config_dict, parse_scaled
 from emdm.data import RandomManifold
 from emdm.denoisers import MixtureDenoiser
-from emdm.likelihood import LIKELIHOODS, log_likelihood, resample
+from emdm.likelihood import EXACT, LIKELIHOODS, log_likelihood, resample
 from emdm.metrics import ot_cost
 from emdm.plots import figure, save
 from emdm.provenance import write_results
@@ -37,6 +40,7 @@ LABELS = {
     "cov_x": r"$(\Sigma_x^{-1} + \Sigma_t^{-1})^{-1}$",
     "sigma_t": r"$\Sigma_t$",
     "zero": r"$0$",
+    "exact": "exact likelihood (resampling floor)",
     "floor": "noise floor",
 }
 
@@ -75,6 +79,7 @@ def one_seed(seed: int, cfg: Fig2Config) -> list[dict]:
     cov_x = torch.cov(x.T)
     n = cfg.ot_samples
     exact = prior.posterior(W, y[None], cfg.sigma_y**2).sample(3 * n, generator=g)[0]
+    g_exact = torch.Generator().manual_seed(2**32 + seed)  # the other draws stay as they were
 
     rows = []
     for sigma in cfg.sigmas:
@@ -87,6 +92,8 @@ def one_seed(seed: int, cfg: Fig2Config) -> list[dict]:
         for cov in LIKELIHOODS:
             logw = log_likelihood(prior, x_t, sigma, W, y, cfg.sigma_y**2, cov, cov_x)
             approx[cov] = resample(x_t, logw, n, generator=g)
+        logw = log_likelihood(prior, x_t, sigma, W, y, cfg.sigma_y**2, EXACT)
+        approx[EXACT] = resample(x_t, logw, n, generator=g_exact)
         for cov, v in approx.items():
             score = max(float(ot_cost(u1, v, cfg.method) - base), 1e-6)
             rows.append(
@@ -102,11 +109,11 @@ def plot(frame: pd.DataFrame):
     for cov, label in LABELS.items():
         q = frame[frame.covariance == cov].groupby("sigma_t")["value"].quantile([0.25, 0.5, 0.75])
         q = q.unstack()
-        style = {"linestyle": "--", "color": "gray"} if cov == "floor" else {}
+        style = {"floor": {"linestyle": "--", "color": "gray"},
+                 "exact": {"linestyle": ":", "color": "black"}}.get(cov, {})  # fmt: skip
         ax.plot(q.index, q[0.5], label=label, **style)
-        ax.fill_between(
-            q.index, q[0.25], q[0.75], alpha=0.2, **({"color": "gray"} if style else {})
-        )
+        band = {"color": style["color"]} if style else {}
+        ax.fill_between(q.index, q[0.25], q[0.75], alpha=0.2, **band)
     ax.set(xscale="log", yscale="log", xlabel=r"$\sigma_t$",
            ylabel=r"$S(p(x_t \mid y) \,\|\, q(x_t \mid y))$")  # fmt: skip
     ax.legend(fontsize=7)

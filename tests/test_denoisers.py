@@ -167,6 +167,28 @@ def test_mixture_posterior_brute_force(mixture, gen):
     assert ((draws.mean(0) - post.mean()[0]).abs() < 5 * se).all()
 
 
+@pytest.mark.parametrize("sigma", [0.01, 0.3, 5.0])
+def test_mixture_likelihood_is_bayes_rule(mixture, gen, sigma):
+    # log p(y | x_t) = log p(x_t | y) + log p(y) - log p(x_t), with p(x_t | y) the posterior
+    # mixture convolved with N(0, σ² I) and p(y) = Σ_k w_k N(y | A μ_k, s_k² A Aᵀ + Σ_y)
+    from torch.distributions import MultivariateNormal
+
+    A = torch.randn((2, 3), generator=gen, dtype=torch.float64)
+    y = torch.randn(2, generator=gen, dtype=torch.float64)
+    cov_y = torch.tensor([[0.02, 0.005], [0.005, 0.01]], dtype=torch.float64)
+    x_t = torch.randn((5, 3), generator=gen, dtype=torch.float64)
+    s = torch.full((5,), sigma, dtype=torch.float64)
+    post = mixture.posterior(A[None], y[None], cov_y[None])
+    I = torch.eye(3, dtype=torch.float64)
+    comps = MultivariateNormal(post.means[0], post.covs[0] + sigma**2 * I)
+    log_post = torch.logsumexp(post.log_weights[0] + comps.log_prob(x_t[:, None]), -1)
+    s2 = mixture.std[:, None, None] ** 2
+    evidence = MultivariateNormal(mixture.means @ A.T, s2 * (A @ A.T) + cov_y)
+    log_y = torch.logsumexp(mixture.log_weights + evidence.log_prob(y), -1)
+    expected = log_post + log_y - mixture.log_prob(x_t, s)
+    torch.testing.assert_close(mixture.log_likelihood(x_t, s, A, y, cov_y), expected)
+
+
 def test_mixture_bad_input():
     with pytest.raises(ValueError, match="means must have shape"):
         MixtureDenoiser(torch.ones(3), 0.1)

@@ -23,11 +23,27 @@ def test_gaussian_prior_likelihood_is_exact():
     m = (sigma**2 * mu + s**2 * x_t) / (s**2 + sigma**2)
     S = cov_y * torch.eye(2, dtype=DT) + v * W @ W.T
     exact = torch.distributions.MultivariateNormal(m @ W.T, S).log_prob(y)
-    for cov in ("tweedie", "cov_x"):
+    for cov in ("tweedie", "cov_x", "exact"):
         out = log_likelihood(prior, x_t, sigma, W, y, cov_y, cov, s**2 * torch.eye(3, dtype=DT))
         torch.testing.assert_close(out, exact)
     # the heuristics differ from it
     assert not torch.allclose(log_likelihood(prior, x_t, sigma, W, y, cov_y, "zero"), exact)
+
+
+def test_tweedie_likelihood_is_not_exact_for_a_mixture():
+    # with several components p(x | x_t) is not Gaussian: the Tweedie likelihood only
+    # approximates the exact one, and more closely as σ_t → 0 (p(x | x_t) concentrates)
+    g = torch.Generator().manual_seed(3)
+    prior = MixtureDenoiser(torch.randn((8, 3), generator=g, dtype=DT), 0.1)
+    W, y = torch.randn((1, 3), generator=g, dtype=DT), torch.zeros(1, dtype=DT)
+    x_t = prior.sample(256, generator=g)
+    errors = []
+    for sigma in (0.01, 1.0):
+        x = x_t + sigma * torch.randn(x_t.shape, generator=g, dtype=DT)
+        exact = log_likelihood(prior, x, sigma, W, y, 1e-2, "exact")
+        approx = log_likelihood(prior, x, sigma, W, y, 1e-2, "tweedie")
+        errors.append((approx - exact).abs().median().item())
+    assert errors[0] < 1e-3 < errors[1]
 
 
 def test_chunks_do_not_change_the_result():

@@ -25,6 +25,11 @@ Under a linear-Gaussian observation :math:`y = A x + \varepsilon`,
     m_k^y = C_k (s_k^{-2} \mu_k + A^T \Sigma_y^{-1} y) \\
     \pi_k & \propto w_k \, \mathcal{N}(y \mid A \mu_k, s_k^2 A A^T + \Sigma_y)
 
+and the exact likelihood of a noisy point is a mixture too,
+
+.. math:: p(y \mid x_t) = \sum_k p(k \mid x_t) \,
+    \mathcal{N}(y \mid A m_k, \Sigma_y + c_k A A^T).
+
 References:
     | Pattern Recognition and Machine Learning, §2.3.3 (Bishop, 2006)
 """
@@ -149,6 +154,39 @@ class MixtureDenoiser(nn.Module):
         c = (r * a * self.std.double() ** 2).sum(-1)  # sum_k r_k c_k
         cov = cov + c[:, None, None] * torch.eye(D, dtype=cov.dtype, device=cov.device)
         return cov.to(x.dtype)
+
+    def log_likelihood(
+        self, x_t: Tensor, sigma: Tensor, A: Tensor, y: Tensor, cov_y: Tensor | float
+    ) -> Tensor:
+        r"""Returns the exact :math:`\log p(y \mid x_t)`, with shape :math:`(B,)`, in float64.
+
+        Arguments:
+            x_t: The noisy points, with shape :math:`(B, D)`.
+            sigma: The noise levels, with shape :math:`(B,)` or :math:`()`.
+            A: The observation matrix, with shape :math:`(M, D)`.
+            y: The observation, with shape :math:`(M,)` (shared) or :math:`(B, M)`.
+            cov_y: The noise covariance: a scalar, or a dense :math:`(M, M)` matrix.
+        """
+        x, sigma = self._flat(x_t, sigma)
+        r, a, b, xc = self._weights(x, sigma)
+        A = A.double()
+        M = A.shape[0]
+        cov_y = torch.as_tensor(cov_y, dtype=torch.float64, device=x.device)
+        if cov_y.ndim == 0:
+            cov_y = cov_y * torch.eye(M, dtype=torch.float64, device=x.device)
+        # A m_k = A μ̄ + a_k A μ̃_k + b_k A x̃_t, without a (B, K, D) intermediate
+        Am = a[..., None] * (self.centered @ A.T) + b[..., None] * (xc @ A.T)[:, None]
+        r_y = y.double().reshape(-1, 1, M) - (A @ self.center) - Am  # (B, K, M)
+        c = a * self.std.double() ** 2  # (B, K), c_k = s_k² σ² / v_k
+        S = cov_y + c[..., None, None] * (A @ A.T)  # (B, K, M, M)
+        L = torch.linalg.cholesky(S)
+        z = torch.linalg.solve_triangular(L, r_y[..., None], upper=False)[..., 0]
+        log_n = (
+            -0.5 * z.square().sum(-1)
+            - L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+            - 0.5 * M * math.log(2 * math.pi)
+        )
+        return torch.logsumexp(r.log() + log_n, dim=-1)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         r"""Draws `n` prior samples, with shape :math:`(n, D)`."""
