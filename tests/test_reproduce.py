@@ -28,7 +28,7 @@ def test_fig2(tmp_path):
             "--sigmas", "0.1", "1.0", "--quiet", "--out", str(tmp_path)]  # fmt: skip
     assert fig2.main(argv) == 0
     frame = pd.read_csv(tmp_path / "fig2_quick.csv")
-    assert len(frame) == 2 * 5 and (frame.value > 0).all()
+    assert len(frame) == 2 * 6 and (frame.value > 0).all()  # 4 covariances and 2 floors
     assert (tmp_path / "fig2_quick.png").exists()
 
 
