@@ -6,7 +6,7 @@ or more values, and the field's `metadata={"help": ..., "choices": ...}` gives t
 and allowed values.
 """
 
-__all__ = ["config_dict", "config_parser", "parse_config", "parse_scaled"]
+__all__ = ["check_device", "config_dict", "config_parser", "parse_config", "parse_scaled"]
 
 import argparse
 import dataclasses
@@ -14,6 +14,8 @@ import sys
 import types
 import typing
 from typing import Any, TypeVar
+
+import torch
 
 C = TypeVar("C")
 
@@ -125,3 +127,17 @@ def parse_scaled(
 def config_dict(cfg: Any) -> dict[str, Any]:
     r"""Returns the dataclass instance `cfg` as a JSON-ready dictionary."""
     return dataclasses.asdict(cfg)
+
+
+def check_device(name: str) -> torch.device:
+    r"""Returns `torch.device(name)`, or raises a `ValueError` saying what is wrong (a malformed
+    name, or CUDA asked for where torch sees none) before any work is done."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(
+            f"device must be a torch device such as 'cpu' or 'cuda': {error}"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for, but torch sees no CUDA device")
+    return device

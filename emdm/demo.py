@@ -46,7 +46,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .config import config_dict, parse_config
+from .config import check_device, config_dict, parse_config
 from .denoisers import GaussianMixture, MixtureDenoiser
 from .mmps import COVARIANCES, MMPS
 from .operators import DenseOperator
@@ -95,14 +95,7 @@ class DemoConfig:
         for name in ("std", "sigma_y"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        try:
-            device = torch.device(self.device)
-        except RuntimeError as error:
-            raise ValueError(
-                f"device must be a torch device such as 'cpu' or 'cuda': {error}"
-            ) from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device 'cuda' was asked for, but torch sees no CUDA device")
+        check_device(self.device)
 
 
 def _problem(cfg: DemoConfig, generator: torch.Generator) -> tuple:

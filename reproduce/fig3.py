@@ -8,7 +8,7 @@ samples of q_k for k = 1, 2, 4, 8, ... are kept (`results/fig3*_q{k}.npy`). The 
 the score of a third, independent truth sample.
 
     python reproduce/fig3.py --quick     # 8192 observations, 16 iterations: about 20 min on CPU
-    python reproduce/fig3.py             # the paper's sizes (65 536 observations, 64 laps): GPU
+    python reproduce/fig3.py --device cuda   # the paper's sizes (65 536 observations, 64 laps)
     python reproduce/fig3.py --quick --resume      # continue a killed run
     python reproduce/fig3.py --quick --em-covariance cov_x   # the paper's code's E-step
 
@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from emdm import EDMDenoiser, GaussianDenoiser, VESchedule
-from emdm.config import config_dict, parse_scaled
+from emdm.config import check_device, config_dict, parse_scaled
 from emdm.data import RandomManifold, observe, random_projections
 from emdm.em import EMConfig, e_step, run_em
 from emdm.gaussian import fit_gaussian
@@ -48,12 +48,16 @@ class Fig3Config:
     em: EMConfig = dataclasses.field(default_factory=EMConfig)
     ot_samples: int = 4096
     seed: int = 0
+    device: str = "cpu"
     scale: str = "paper"
     name: str = "fig3"
     out: str = "results"
     resume: bool = False
     quiet: bool = False
     dry_run: bool = False
+
+    def __post_init__(self):
+        check_device(self.device)  # a clear error at parse time, before any work
 
 
 # the paper's CG runs to convergence on the 2x2 systems: the exact (dense) solve, here
@@ -77,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.dry_run:
         print(json.dumps(config_dict(cfg), indent=2))
         return 0
+    device = check_device(cfg.device)
     start, out = time.perf_counter(), Path(cfg.out)
+    # the data are drawn on the CPU, so that they do not depend on the device
     g = torch.Generator().manual_seed(cfg.seed)
     manifold = RandomManifold(5, generator=torch.Generator().manual_seed(0))
     x = manifold.sample(cfg.observations, generator=g).float()
@@ -85,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     y = observe(x, A, cfg.sigma_y, g)
     truth = manifold.sample(2 * cfg.ot_samples, generator=g).float()
     schedule = VESchedule(1e-3, cfg.sigma_max)
+    A, y = A.to(device), y.to(device)
+    if device.type != "cpu":  # a generator of the device: the runs differ from the CPU's
+        g = torch.Generator(device).manual_seed(cfg.seed)
 
     mu, cov = fit_gaussian(A, y, cfg.sigma_y**2, rank=5, iterations=cfg.gaussian_iterations,
                            schedule=schedule, steps=cfg.gaussian_steps, cg_iterations=2,
@@ -93,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                    schedule, mu, g, covariance=cov)  # fmt: skip
 
     def score(samples):
-        n = cfg.ot_samples
+        n, samples = cfg.ot_samples, samples.cpu()
         return float(ot_score(truth[:n].double(), truth[n:].double(), samples[:n].double()))
 
     run = out / f"{cfg.name}_run"
@@ -108,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         log.write_text("\n".join(
             json.dumps({"em_iteration": 0, "metric": m, "value": v}) for m, v in rows
         ))  # fmt: skip
-    kept = {"$q_0$": q0}
+    kept = {"$q_0$": q0.cpu()}
 
     def callback(k, samples, metrics):
         values = {"score_emd": score(samples), **metrics}
@@ -116,12 +125,12 @@ def main(argv: list[str] | None = None) -> int:
             for m, v in values.items():
                 f.write("\n" + json.dumps({"em_iteration": k, "metric": m, "value": float(v)}))
         if k & (k - 1) == 0:  # powers of two, as the paper's panels
-            np.save(out / f"{cfg.name}_q{k}.npy", samples.numpy())
+            np.save(out / f"{cfg.name}_q{k}.npy", samples.cpu().numpy())
         if not cfg.quiet:
             print(f"EM iteration {k}: " + ", ".join(f"{m} {v:.4g}" for m, v in values.items()))
 
     torch.manual_seed(cfg.seed)
-    denoiser = EDMDenoiser(TimeMLP(5, emb_features=64), emb_features=64)
+    denoiser = EDMDenoiser(TimeMLP(5, emb_features=64), emb_features=64).to(device)
     out.mkdir(parents=True, exist_ok=True)
     run_em(denoiser, DenseOperator(A), y, cfg.sigma_y**2, q0, cfg.em, schedule, mean=mu,
            directory=run, resume=cfg.resume,
@@ -136,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         if k & (k - 1) == 0:
             kept[f"$q_{{{k}}}$"] = torch.from_numpy(np.load(out / f"{cfg.name}_q{k}.npy"))
     csv, _ = write_results(cfg.name, rows, config_dict(cfg), wall_time=time.perf_counter() - start,
-                           out_dir=out, quick=cfg.scale == "quick", device="cpu")  # fmt: skip
+                           out_dir=out, quick=cfg.scale == "quick", device=device)  # fmt: skip
     save(pairs({**kept, "truth": truth}), csv.with_suffix(".png"))
     frame = pd.DataFrame(rows)
     s = frame[frame.metric == "score_emd"]

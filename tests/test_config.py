@@ -1,6 +1,7 @@
 import dataclasses
 
 import pytest
+import torch
 
 from emdm.config import config_dict, config_parser, parse_config
 
@@ -82,3 +83,14 @@ def test_field_without_default():
 
     with pytest.raises(ValueError, match="default"):
         config_parser(Bad)
+
+
+def test_check_device():
+    from emdm.config import check_device
+
+    assert check_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="such as 'cpu' or 'cuda'"):
+        check_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            check_device("cuda")

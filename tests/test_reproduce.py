@@ -4,6 +4,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
 from reproduce import fig1, fig2, fig3, fig7
 
@@ -51,3 +52,11 @@ def test_fig3_and_resume(tmp_path):
     pd.testing.assert_frame_equal(frame, again)
     with pytest.raises(ValueError, match="differing keys"):
         fig3.main([*TINY, "--out", str(tmp_path), "--resume", "--em-lr", "0.01"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where CUDA is absent")
+@pytest.mark.parametrize("script", [fig2, fig3])
+def test_device_is_checked_before_any_work(script, capsys):
+    with pytest.raises(SystemExit):
+        script.main(["--quick", "--device", "cuda"])
+    assert "no CUDA device" in capsys.readouterr().err
