@@ -4,8 +4,8 @@ import os
 # triton is imported; a CUDA machine runs the same tests natively with TRITON_INTERPRET=0.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 
 @pytest.fixture
