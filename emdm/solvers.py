@@ -29,6 +29,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from kernels.cg import batched_dot, cg_update
+
 DOTS = ("sample", "batch")
 
 
@@ -46,25 +48,6 @@ class CGInfo(NamedTuple):
     residual: Tensor
 
 
-def _dot(u: Tensor, v: Tensor, dot: str, dtype: torch.dtype) -> Tensor:
-    if u.dtype != dtype:  # skip no-op casts: at small sizes each call costs as much as a kernel
-        u, v = u.to(dtype), v.to(dtype)
-    if dot == "batch":
-        return torch.vdot(u.flatten(), v.flatten())
-    return torch.linalg.vecdot(u.flatten(1), v.flatten(1))
-
-
-def _cast(s: Tensor, dtype: torch.dtype) -> Tensor:
-    return s if s.dtype == dtype else s.to(dtype)
-
-
-def _expand(s: Tensor, like: Tensor) -> Tensor:
-    r"""Reshapes a per-sample scalar :math:`(B,)` to broadcast against `like` :math:`(B, *)`."""
-    if s.ndim == 0:
-        return s
-    return s.reshape(s.shape + (1,) * (like.ndim - 1))
-
-
 def cg(
     matvec: Callable[[Tensor], Tensor],
     b: Tensor,
@@ -75,6 +58,7 @@ def cg(
     accumulate: torch.dtype | None = None,
     rtol: float = 0.0,
     return_info: bool = False,
+    provider: str | None = None,
 ) -> Tensor | tuple[Tensor, CGInfo]:
     r"""Solves the batched systems :math:`C x = b` by conjugate gradient.
 
@@ -100,6 +84,8 @@ def cg(
             Defaults to the dtype of `b`.
         rtol: The relative residual tolerance below which a system stops being updated.
         return_info: Whether to also return a :class:`CGInfo`.
+        provider: The implementation of each update, `"ref"`, `"triton"` or `"auto"`
+            (:func:`kernels.cg.cg_update`); `None` reads `EMDM_KERNELS` (default `auto`).
 
     Returns:
         The solutions :math:`x`, with the shape of `b`, and a :class:`CGInfo` if asked.
@@ -119,30 +105,19 @@ def cg(
     else:
         x, r = x0, b - matvec(x0)
     p = r
-    rr = _dot(r, r, dot, acc)
-    tol = rtol**2 * _dot(b, b, dot, acc)
+    rr = batched_dot(r, r, dot, acc)
+    tol = rtol**2 * batched_dot(b, b, dot, acc)
     active = rr > tol  # neither solved nor frozen by the guard
     nonpositive = torch.zeros_like(rr, dtype=torch.int64)
-    zero, zero_b = torch.zeros_like(rr), torch.zeros((), dtype=b.dtype, device=b.device)
 
-    # Few, fused operations per iteration: at small sizes their count, not the arithmetic,
-    # is the cost (5 to 20 us each). An inactive sample has alpha = beta = 0 and a zeroed Cp,
-    # so x and r keep their values without extra masking and p stays finite (p = r). Once
-    # inactive, a sample stays so: its residual no longer changes.
+    # the update after each product C p is one fused kernel on CUDA (kernels/cg.py), the
+    # eager reference elsewhere; both: an inactive sample keeps x and r, and p stays finite
     for _ in range(iterations):
         Cp = matvec(p)
-        pCp = _dot(p, Cp, dot, acc)
-        ok = active & (pCp > 0) & (pCp < torch.inf)
+        x, r, p, rr, active, fired = cg_update(x, r, p, Cp, rr, tol, active, dot=dot,
+                                               fired=return_info, provider=provider)  # fmt: skip
         if return_info:
-            nonpositive += active & ~ok
-
-        alpha = _expand(_cast(torch.where(ok, rr / pCp, zero), b.dtype), b)
-        x = torch.addcmul(x, alpha, p)
-        r = torch.addcmul(r, alpha, torch.where(_expand(ok, b), Cp, zero_b), value=-1)
-        rr_next = _dot(r, r, dot, acc)
-        beta = _expand(_cast(torch.where(ok, rr_next / rr, zero), b.dtype), b)
-        p = torch.addcmul(r, beta, p)
-        rr, active = rr_next, ok & (rr_next > tol)
+            nonpositive += fired
 
     if return_info:
         return x, CGInfo(nonpositive=nonpositive, residual=rr.sqrt())
