@@ -55,7 +55,7 @@ class EMConfig:
     steps: int = 256  # (4096)
     covariance: str = "tweedie"  # or a heuristic; "cov_x": q_0's covariance, the code's default
     cg_iterations: int = 2  # (until converged, rtol 1e-3)
-    solver: str = "cg"  # or "dense": the exact solve, symmetrized and floored (small y only)
+    solver: str = "cg"  # or "dense": the exact solve, symmetrized and guarded (small y only)
     sample_batch: int = 4096  # observations per E-step batch
     keep_range: float = 3.0  # drop samples with a coordinate outside (-r, r); 0: keep all (3)
     seed: int = 0
@@ -158,7 +158,7 @@ def e_step(
 
     Returns:
         The samples, with shape :math:`(N, *)`, and how often MMPS's solver guard fired (CG:
-        non-positive curvature; dense: eigenvalues raised to the floor).
+        non-positive curvature; dense: eigenvalues reflected above the floor).
     """
     covariance = cfg.covariance if covariance is None else covariance
     out, guard = [], 0

@@ -20,7 +20,7 @@ gradient iterations. The covariance :math:`V_t \approx \mathbb{V}[x \mid x_t]` i
 * a :class:`DPLR` :math:`\Sigma_x`: :math:`V_t = (\Sigma_x^{-1} + \sigma_t^{-2} I)^{-1}`.
 
 With `solver="dense"` (small observations only) the system is instead formed, symmetrized and
-solved exactly, with its eigenvalues floored at :math:`\Sigma_y`'s smallest
+solved exactly, with its eigenvalues below :math:`\Sigma_y`'s smallest reflected above it
 (:func:`emdm.solvers.dense_solve`): the paper's exact solve of the manifold experiment, safe when
 a learned Jacobian makes :math:`\Sigma_y + A V_t A^T` indefinite or singular.
 
@@ -108,14 +108,14 @@ class MMPS:
         rtol: The CG relative residual tolerance (the paper's code uses 1e-3).
         check: Whether to check each call's :math:`\sigma > 0` (one host sync per call).
         solver: `"cg"`, or `"dense"`: the exact solve of the symmetrized system with its
-            eigenvalues floored (observations of at most
+            eigenvalues below :math:`\Sigma_y`'s reflected (observations of at most
             :data:`emdm.solvers.DENSE_MAX` elements; costs one VJP per element).
 
     Attributes:
         nonpositive: How many times, over all calls so far, the solver's guard fired: CG met
             a direction of non-positive curvature (an untrained network's :math:`J` need not
             be positive semi-definite) and kept the last finite iterate, or the dense solve
-            raised an eigenvalue to its floor; a tensor, read without forcing a
+            reflected an eigenvalue below its floor; a tensor, read without forcing a
             synchronization until you print it.
     """
 

@@ -13,7 +13,7 @@ The conjugate gradient (CG) method solves :math:`C x = b` for a symmetric positi
 
 For small systems (a few observed dimensions, as in the manifold experiment), :func:`dense_solve`
 forms :math:`C` column by column, symmetrizes it and solves it through its eigendecomposition,
-raising every eigenvalue to a floor: the exact solve of the paper's code, made safe for the
+reflecting every eigenvalue below a floor: the exact solve of the paper's code, made safe for the
 indefinite or singular :math:`C` a learned Jacobian can produce.
 
 References:
@@ -142,15 +142,21 @@ def dense_solve(
     matrices :math:`C \in \mathbb{R}^{B \times m \times m}`. The solve uses
 
     .. math:: S = \tfrac{1}{2} (C + C^T) = Q \Lambda Q^T, \quad
-        x = Q \max(\Lambda, \lambda_{\min})^{-1} Q^T b,
+        x = Q \, \tilde{\Lambda}^{-1} Q^T b, \quad
+        \tilde{\lambda} = \lambda_{\min} + |\lambda - \lambda_{\min}|,
 
-    the symmetric part of :math:`C` with its eigenvalues raised to the floor
-    :math:`\lambda_{\min}`. For :math:`C = \Sigma_y + A V A^T` with a positive semi-definite
-    :math:`V`, every eigenvalue is at least the smallest eigenvalue of :math:`\Sigma_y`: that
-    is the natural floor, and the floor acts (is counted) only where :math:`V` is not
-    positive semi-definite, e.g. a learned :math:`V_t = \sigma_t^2 J^T` whose Jacobian has
-    an indefinite symmetric part. Along such directions the solve then trusts the observation
-    (:math:`V = 0`) instead of dividing by a negative or zero curvature.
+    the symmetric part of :math:`C` with every eigenvalue below the floor
+    :math:`\lambda_{\min}` reflected above it. For :math:`C = \Sigma_y + A V A^T` with a
+    positive semi-definite :math:`V`, every eigenvalue is at least the smallest eigenvalue of
+    :math:`\Sigma_y`: that is the floor, and the reflection acts (is counted) only where
+    :math:`V` is not positive semi-definite, e.g. a learned :math:`V_t = \sigma_t^2 J^T` whose
+    Jacobian has an indefinite symmetric part. It replaces :math:`A V A^T` by its absolute
+    value along those directions: a slightly negative curvature (round-off, a nearly exact
+    model at small :math:`\sigma_t`) still trusts the observation as :math:`V = 0` would,
+    while a large negative one is treated as the uncertainty of its size, not as certainty:
+    raising it to the floor instead (as if :math:`V = 0`) gives gains of
+    :math:`\Sigma_y^{-1}` exactly where the model is least reliable: in EM on the manifold
+    (Figure 3, quick) that sent 25-35 % of the samples outside the data's range.
 
     Arguments:
         matvec: The operator :math:`v \mapsto C v`, on tensors with the shape of `b`; it
@@ -161,8 +167,8 @@ def dense_solve(
             shape :math:`(B,)`.
         accumulate: The dtype of the eigendecomposition.
         return_info: Whether to also return a :class:`CGInfo`; its `nonpositive` counts, per
-            sample, the eigenvalues raised to the floor, and its `residual` is
-            :math:`\|S x - b\|` of the floored system (zero up to rounding).
+            sample, the eigenvalues reflected, and its `residual` is
+            :math:`\|\tilde{S} x - b\|` of the solved system (zero up to rounding).
 
     Returns:
         The solutions :math:`x`, with the shape of `b`, and a :class:`CGInfo` if asked.
@@ -185,7 +191,7 @@ def dense_solve(
     C = torch.stack(columns, dim=-1).to(accumulate)  # (B, m, m), column j = C e_j
     L, Q = torch.linalg.eigh((C + C.mT) / 2)
     raised = L < floor
-    L = torch.where(raised, floor, L)
+    L = floor + (L - floor).abs()
     rhs = b.flatten(1).to(accumulate)
     x = Q @ ((Q.mT @ rhs.unsqueeze(-1)) / L.unsqueeze(-1))
     out = x.squeeze(-1).to(b.dtype).reshape(b.shape)

@@ -61,7 +61,7 @@ class Fig3Config:
 
 
 # the paper's CG runs to convergence on the 2x2 systems: the exact (dense) solve, here
-# symmetrized and floored, since a learned Jacobian can make the system indefinite
+# symmetrized and guarded, since a learned Jacobian can make the system indefinite
 PAPER = Fig3Config(
     em=EMConfig(iterations=64, train_steps=65536, steps=4096, solver="dense", sample_batch=16384)
 )

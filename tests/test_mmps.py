@@ -273,19 +273,21 @@ def test_dense_solver_equals_closed_form(problem, sigma):
     assert (counting.forwards, counting.backwards) == (1, M + 1)  # one VJP per column
 
 
-def test_dense_solver_floors_an_indefinite_jacobian(problem):
+def test_dense_solver_reflects_an_indefinite_jacobian(problem):
     denoiser, cov_x, mu, A, y, x_t = problem
     s = torch.ones(B, dtype=torch.float64)
     negated = lambda x, sigma: -denoiser(x, sigma)  # noqa: E731 (J negative definite)
     mmps = MMPS(negated, DenseOperator(A), y, 1e-2, solver="dense")
     out = mmps(x_t, s)
-    # A V Aᵀ is negative definite: every eigenvalue of Σ_y + A V Aᵀ falls below Σ_y's and is
-    # raised to it, so the solve is (Σ_y)⁻¹ r, the V = 0 system's, then corrected with J
+    # A V Aᵀ = -A V₊ Aᵀ is negative definite (V₊ the true, PSD, posterior covariance): every
+    # eigenvalue of Σ_y + A V Aᵀ falls below Σ_y's and is reflected, which solves with
+    # Σ_y + A V₊ Aᵀ; the correction then goes through the negated Jacobian
     assert mmps.nonpositive.item() == B * M
+    _, V = gaussian_moments(cov_x, mu, x_t, 1.0)  # V₊ = σ² J₊ at σ = 1
     x_hat = negated(x_t, s)
     r = y - (A @ x_hat[..., None])[..., 0]
-    J = -(cov_x.dense() @ torch.linalg.inv(cov_x.dense() + I))  # of x̂ = -m(x_t), σ = 1
-    expected = x_hat + (J.mT @ A.mT @ (r / 1e-2)[..., None])[..., 0]
+    v = torch.linalg.solve(1e-2 * torch.eye(M, dtype=torch.float64) + A @ V @ A.mT, r)
+    expected = x_hat - (V @ A.mT @ v[..., None])[..., 0]  # σ² J_negᵀ = -V₊
     torch.testing.assert_close(out, expected)
 
 

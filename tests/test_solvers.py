@@ -149,7 +149,7 @@ def test_dense_solve_equals_solve_on_spd_systems(gen):
     assert info.nonpositive.sum() == 0 and info.residual.max() < 1e-12
 
 
-def test_dense_solve_symmetrizes_and_floors(gen):
+def test_dense_solve_symmetrizes_and_reflects(gen):
     B, N = 3, 4
     S = spd(B, N, gen)
     skew = torch.randn((B, N, N), generator=gen, dtype=torch.float64)
@@ -157,14 +157,14 @@ def test_dense_solve_symmetrizes_and_floors(gen):
     b = torch.randn((B, N), generator=gen, dtype=torch.float64)
     torch.testing.assert_close(dense_solve(batched(S + skew), b, 0.5), torch.linalg.solve(S, b))
 
-    # an indefinite, then a singular, system: eigenvalues below the floor are raised to it
+    # indefinite and singular directions: eigenvalues below the floor 1 are reflected above it
     Q, _ = torch.linalg.qr(torch.randn((B, N, N), generator=gen, dtype=torch.float64))
     eig = torch.tensor([-2.0, 0.0, 0.5, 3.0], dtype=torch.float64)
     C = Q @ torch.diag_embed(eig) @ Q.mT
     x, info = dense_solve(batched(C), b, torch.full((B,), 1.0), return_info=True)
-    floored = Q @ torch.diag_embed(eig.clamp(min=1.0)) @ Q.mT
-    torch.testing.assert_close(x, torch.linalg.solve(floored, b))
-    assert info.nonpositive.tolist() == [3] * B  # -2, 0 and 0.5 were raised
+    reflected = torch.tensor([4.0, 2.0, 1.5, 3.0], dtype=torch.float64)  # 1 + |λ - 1|
+    torch.testing.assert_close(x, torch.linalg.solve(Q @ torch.diag_embed(reflected) @ Q.mT, b))
+    assert info.nonpositive.tolist() == [3] * B and info.residual.max() < 1e-12
 
 
 def test_dense_solve_event_shapes_and_dtype(gen):
