@@ -7,7 +7,7 @@ from .denoisers import EDMDenoiser, GaussianDenoiser, GaussianMixture, MixtureDe
 from .dplr import DPLR
 from .loss import denoiser_loss
 from .mmps import MMPS
-from .operators import DenseOperator, Identity, LinearOperator, MaskOperator
+from .operators import DenseOperator, Identity, LinearOperator, MaskOperator, MRIOperator
 from .samplers import DDIM, DDPM, PredictorCorrector, sample
 from .schedule import Schedule, VESchedule
 from .solvers import cg
@@ -23,6 +23,7 @@ __all__ = [
     "GaussianMixture",
     "Identity",
     "LinearOperator",
+    "MRIOperator",
     "MaskOperator",
     "MixtureDenoiser",
     "PredictorCorrector",

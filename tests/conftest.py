@@ -1,11 +1,19 @@
 import os
 
-# Triton kernels run on CPU tensors through Triton's interpreter, which must be chosen before
-# triton is imported; a CUDA machine runs the same tests natively with TRITON_INTERPRET=0.
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
 import pytest
 import torch
+
+# Triton kernels run natively on CUDA tensors where there is a GPU, and elsewhere on CPU
+# tensors through Triton's interpreter, which must be chosen before triton is first imported
+# (torch does not import it)
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture
+def kernel_device():
+    r"""Where the Triton kernel tests run: CUDA natively, else the CPU, interpreted."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ pytest.importorskip("triton")
 TOL = {torch.float32: {"rtol": 2e-5, "atol": 2e-5}, torch.float64: {"rtol": 1e-11, "atol": 1e-11}}
 
 
-def state(shape, dtype, acc, dot, gen):
+def state(shape, dtype, acc, dot, gen, device="cpu"):
     r"""A mid-solve state with every case a row can be in: active, guarded (p^T C p < 0),
     already inactive, and solved (r = 0)."""
     x, r, p = (torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(3))
@@ -22,7 +22,7 @@ def state(shape, dtype, acc, dot, gen):
     if dot == "sample" and shape[0] >= 4:
         Cp[1] = -p[1]  # negative curvature: the guard fires
         r[3], p[3] = 0, 0  # solved
-    x, r, p, Cp = (t.to(dtype) for t in (x, r, p, Cp))
+    x, r, p, Cp = (t.to(dtype=dtype, device=device) for t in (x, r, p, Cp))
     rr = batched_dot(r, r, dot, acc)
     tol = torch.full_like(rr, 1e-12)
     active = rr > tol
@@ -51,8 +51,8 @@ SHAPES = [(5, 7), (4, 3, 5, 5), (6, 42), (2, 130)]
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("acc", [torch.float32, torch.float64])
-def test_row_form_equals_reference(shape, dtype, acc, gen):
-    x, r, p, Cp, rr, tol, active = state(shape, dtype, acc, "sample", gen)
+def test_row_form_equals_reference(shape, dtype, acc, gen, kernel_device):
+    x, r, p, Cp, rr, tol, active = state(shape, dtype, acc, "sample", gen, kernel_device)
     ref = cg_update_reference(x, r, p, Cp, rr, tol, active, fired=True)
     out = cg_update_triton(
         x, r, p, Cp, rr, tol, active, fired=True, out=nan_buffers(x), split=False
@@ -63,9 +63,9 @@ def test_row_form_equals_reference(shape, dtype, acc, gen):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dot", ["sample", "batch"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_split_form_equals_reference(shape, dot, dtype, gen):
+def test_split_form_equals_reference(shape, dot, dtype, gen, kernel_device):
     acc = torch.float64
-    x, r, p, Cp, rr, tol, active = state(shape, dtype, acc, dot, gen)
+    x, r, p, Cp, rr, tol, active = state(shape, dtype, acc, dot, gen, kernel_device)
     ref = cg_update_reference(x, r, p, Cp, rr, tol, active, dot=dot, fired=True)
     # chunks of 16 elements: several chunks per row, the last one partial
     out = cg_update_triton(
@@ -75,8 +75,10 @@ def test_split_form_equals_reference(shape, dot, dtype, gen):
     compare(out, ref, dtype, acc)
 
 
-def test_guard_and_frozen_rows(gen):
-    x, r, p, Cp, rr, tol, active = state((5, 9), torch.float64, torch.float64, "sample", gen)
+def test_guard_and_frozen_rows(gen, kernel_device):
+    x, r, p, Cp, rr, tol, active = state(
+        (5, 9), torch.float64, torch.float64, "sample", gen, kernel_device
+    )
     out = cg_update_triton(x, r, p, Cp, rr, tol, active, fired=True)
     assert out.fired.tolist() == [False, True, False, False, False]
     assert out.active.tolist() == [True, False, False, False, True]
@@ -86,16 +88,20 @@ def test_guard_and_frozen_rows(gen):
         torch.testing.assert_close(out.p[row], r[row])
 
 
-def test_non_contiguous_inputs(gen):
-    x, r, p, Cp, rr, tol, active = state((6, 8), torch.float32, torch.float64, "sample", gen)
+def test_non_contiguous_inputs(gen, kernel_device):
+    x, r, p, Cp, rr, tol, active = state(
+        (6, 8), torch.float32, torch.float64, "sample", gen, kernel_device
+    )
     xt, rt, pt, Cpt = (t.T.contiguous().T for t in (x, r, p, Cp))  # column-major copies
     assert not xt.is_contiguous()
     ref = cg_update_reference(x, r, p, Cp, rr, tol, active, fired=True)
     compare(cg_update_triton(xt, rt, pt, Cpt, rr, tol, active, fired=True), ref, x.dtype, rr.dtype)
 
 
-def test_bad_input(gen):
-    x, r, p, Cp, rr, tol, active = state((3, 5), torch.float32, torch.float64, "sample", gen)
+def test_bad_input(gen, kernel_device):
+    x, r, p, Cp, rr, tol, active = state(
+        (3, 5), torch.float32, torch.float64, "sample", gen, kernel_device
+    )
     with pytest.raises(
         ValueError, match=r"Cp has dtype torch.float64, but x has dtype torch.float32"
     ):
@@ -105,16 +111,17 @@ def test_bad_input(gen):
     with pytest.raises(ValueError, match="float32 or float64"):
         cg_update_triton(x.half(), r.half(), p.half(), Cp.half(), rr, tol, active)
     with pytest.raises(ValueError, match="row form holds at most"):
-        big = torch.zeros(1, ROW_MAX + 1)
+        big = torch.zeros(1, ROW_MAX + 1, device=kernel_device)
         cg_update_triton(big, big, big, big, rr[:1], tol[:1], active[:1], split=False)
 
 
 @pytest.mark.parametrize("dot", ["sample", "batch"])
-def test_solve_through_each_provider(dot, gen):
+def test_solve_through_each_provider(dot, gen, kernel_device):
     B, N = 4, 6
     Q, _ = torch.linalg.qr(torch.randn((B, N, N), generator=gen, dtype=torch.float64))
     C = Q @ torch.diag_embed(torch.linspace(1, 10, N, dtype=torch.float64)) @ Q.mT
     b = torch.randn((B, N), generator=gen, dtype=torch.float64)
+    C, b = C.to(kernel_device), b.to(kernel_device)
     matvec = lambda v: (C @ v[..., None])[..., 0]  # noqa: E731
     ref = cg(matvec, b, 4, dot=dot, provider="ref", return_info=True)
     tri = cg(matvec, b, 4, dot=dot, provider="triton", return_info=True)
@@ -124,13 +131,14 @@ def test_solve_through_each_provider(dot, gen):
     torch.testing.assert_close(x, torch.linalg.solve(C, b))
 
 
-def test_mmps_same_with_each_provider(gen, monkeypatch):
+def test_mmps_same_with_each_provider(gen, monkeypatch, kernel_device):
     B, D, M = 3, 5, 2
     mu = torch.randn(D, generator=gen)
     cov = DPLR(torch.rand(D, generator=gen) + 0.5, torch.randn(D, 2, generator=gen))
     A = torch.randn((B, M, D), generator=gen)
     y, x_t = torch.randn((B, M), generator=gen), torch.randn((B, D), generator=gen)
     sigma = torch.full((B,), 0.7)
+    mu, cov, A, y, x_t, sigma = (t.to(kernel_device) for t in (mu, cov, A, y, x_t, sigma))
     out = {}
     for provider in ("ref", "triton"):
         monkeypatch.setenv("EMDM_KERNELS", provider)

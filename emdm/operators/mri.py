@@ -1,0 +1,77 @@
+r"""Accelerated MRI: a line-masked, centred, orthonormal 2-D Fourier transform.
+
+.. math::
+    A x = [\mathrm{Re}, \mathrm{Im}](M \odot F_c x), \qquad
+    A^T y = \mathrm{Re}\, F_c^{-1}(M \odot (y_0 + i y_1)),
+
+with :math:`F_c x = \mathrm{fftshift}(\mathrm{fft2}(\mathrm{ifftshift}(x)))` over :math:`(H, W)`
+in the orthonormal scaling (fastMRI's `fastmri.fft2c`), real images :math:`x` with shape
+:math:`(B, H, W)`, spectra :math:`y` with shape :math:`(B, H, W, 2)` (real and imaginary parts)
+and a mask :math:`M` of column lines: one 0/1 weight per frequency column :math:`w`, per sample,
+broadcast over :math:`H`. Unobserved entries are kept as zeros. The transforms run in
+:mod:`kernels.mri` (the torch reference, or Triton kernels around cuFFT on CUDA).
+
+References:
+    | fastMRI: An Open Dataset and Benchmarks for Accelerated MRI (Zbontar et al., 2018)
+    | https://arxiv.org/abs/1811.08839
+"""
+
+__all__ = ["MRIOperator"]
+
+from torch import Tensor
+
+from kernels.mri import mri_adjoint, mri_forward
+
+from .base import LinearOperator
+
+
+class MRIOperator(LinearOperator):
+    r"""Creates a line-masked centred Fourier operator.
+
+    Arguments:
+        mask: The column mask, with shape :math:`(B, W)` (one per sample) or :math:`(W,)`
+            (shared), bool or real. A real mask also fixes the dtype of the inputs; a bool one
+            accepts float32 and float64.
+        provider: The kernel provider, `"ref"`, `"triton"` or `"auto"`; `None` reads
+            `EMDM_KERNELS` at each call (:mod:`kernels._dispatch`).
+    """
+
+    def __init__(self, mask: Tensor, provider: str | None = None):
+        if mask.ndim not in (1, 2):
+            raise ValueError(f"mask must have shape (B, W) or (W,), got {tuple(mask.shape)}")
+        self.mask, self.provider = mask, provider
+
+    def _check(self, t: Tensor, name: str) -> None:
+        if self.mask.is_floating_point() and t.dtype != self.mask.dtype:
+            raise ValueError(
+                f"{name} has dtype {t.dtype}, but the operator's mask has dtype {self.mask.dtype}"
+            )
+
+    def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        in_shape = tuple(in_shape)
+        W = self.mask.shape[-1]
+        B = len(self.mask) if self.mask.ndim == 2 else None
+        if len(in_shape) != 3 or in_shape[-1] != W or B not in (None, in_shape[0]):
+            raise ValueError(
+                f"A expects images of shape ({'B' if B is None else B}, H, {W}), got x of shape "
+                f"{in_shape}"
+            )
+        return (*in_shape, 2)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        self._check(x, "x")
+        return mri_forward(x, self.mask, self.provider)
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        self._check(y, "y")
+        return mri_adjoint(y, self.mask, self.provider)
+
+    def __getitem__(self, index) -> "MRIOperator":
+        r"""Restricts a per-sample operator to the samples `index` (a shared one is returned
+        as is), so that observations can be processed in batches."""
+        if self.mask.ndim == 1:
+            return self
+        return MRIOperator(self.mask[index], self.provider)
+
+    def __repr__(self) -> str:
+        return f"MRIOperator(mask={tuple(self.mask.shape)})"
