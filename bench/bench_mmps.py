@@ -4,7 +4,8 @@ r"""asv benchmarks of MMPS, its conjugate gradient solver and one sampler step.
   :class:`emdm.MMPS` on the problem of `bench/mmps_cost.py` (an EDM 3 x 256 MLP denoiser,
   :math:`B = 256`, :math:`D = 64`, a per-sample dense :math:`A_b` with :math:`M = 16` rows).
 * :class:`CG`: :func:`emdm.cg` on :math:`C x = b` with the fixed SPD
-  :math:`C = \mathrm{diag}(d) + U U^T`, a shared :class:`emdm.DPLR` of rank 16.
+  :math:`C = \mathrm{diag}(d) + U U^T`, a shared :class:`emdm.DPLR` of rank 16, with each
+  update by the torch reference or the Triton kernel (`provider`; Triton on CUDA only).
 * :class:`SamplerStep`: one :meth:`emdm.DDPM.step` with an MMPS denoiser.
 
 Inputs are seeded; every timed call goes through `emdm`, nothing is re-implemented here. Each
@@ -61,20 +62,25 @@ class CG(_Bounded):
     r"""Eight CG iterations on :math:`B` systems of size :math:`D`, with per-sample or
     batch-wide inner products."""
 
-    params = ([64, 256], [3072], ["sample", "batch"])
-    param_names = ("B", "D", "dot")
+    params = (["ref", "triton"], [64, 256], [3072], ["sample", "batch"])
+    param_names = ("provider", "B", "D", "dot")
     iterations = 8
 
-    def setup(self, B: int, D: int, dot: str):
+    def setup(self, provider: str, B: int, D: int, dot: str):
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if provider == "triton" and device.type != "cuda":
+            raise NotImplementedError("the Triton provider is benchmarked on CUDA only")
         g = torch.Generator().manual_seed(0)
         d = 1 + torch.rand(D, generator=g)  # (D,)
         U = torch.randn(D, 16, generator=g) / D**0.5  # (D, 16)
-        self.C = emdm.DPLR(d, U)
-        self.b = torch.randn(B, D, generator=g)
-        self.time_cg(B, D, dot)  # warm-up
+        self.C = emdm.DPLR(d, U).to(device)
+        self.b = torch.randn(B, D, generator=g).to(device)
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+        self.time_cg(provider, B, D, dot)  # warm-up
 
-    def time_cg(self, B: int, D: int, dot: str):
-        emdm.cg(lambda v: self.C @ v, self.b, self.iterations, dot=dot)
+    def time_cg(self, provider: str, B: int, D: int, dot: str):
+        emdm.cg(lambda v: self.C @ v, self.b, self.iterations, dot=dot, provider=provider)
+        self.sync()
 
 
 class SamplerStep(_Bounded):

@@ -1,0 +1,101 @@
+r"""asv benchmarks of the Triton kernels against their torch references, and of an EM M-step.
+
+* :class:`CGUpdate`: one CG iteration's update (:func:`kernels.cg.cg_update`) after :math:`C p`,
+  fp32, per-sample dots, for :math:`B \in \{64, 256\}` and :math:`D = 3 \cdot 32^2` (CIFAR)
+  or :math:`320^2` (MRI); `track_floor_gbps` reports the floor traffic over the time.
+* :class:`MRI`: the centred orthonormal FFT operator's forward plus adjoint
+  (:mod:`kernels.mri`) at :math:`B = 64`, :math:`320 \times 320`.
+* :class:`MStep`: eight Adam steps of the manifold experiment's M-step (TimeMLP, batch 1024).
+
+The `provider` parameter is `ref` (the torch reference, what runs on CPU) or `triton`; the
+Triton cases need a CUDA device and skip themselves elsewhere. Everything timed goes through
+`emdm` or `kernels`; nothing is re-implemented here.
+
+    .venv/bin/asv run --python=same --quick --show-stderr --bench bench_kernels
+"""
+
+import torch
+
+import emdm
+from emdm.em import EMConfig, m_step
+from emdm.nn import TimeMLP
+from kernels.cg import cg_update
+from kernels.mri import mri_adjoint, mri_forward
+
+from .bench_mmps import _Bounded
+from .kernel_problems import cg_bytes, cg_state, median_ms, mri_bytes, mri_problem, synchronizer
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _skip_triton_on_cpu(provider: str) -> None:
+    if provider == "triton" and DEVICE.type != "cuda":
+        raise NotImplementedError("the Triton provider is benchmarked on CUDA only")  # asv: skip
+
+
+class CGUpdate(_Bounded):
+    params = (["ref", "triton"], [64, 256], [3 * 32 * 32, 320 * 320])
+    param_names = ("provider", "B", "D")
+
+    def setup(self, provider: str, B: int, D: int):
+        _skip_triton_on_cpu(provider)
+        self.state = cg_state(B, D, DEVICE)
+        self.sync = synchronizer(DEVICE)
+        self.time_update(provider, B, D)  # warm-up (and Triton's compilation)
+
+    def time_update(self, provider: str, B: int, D: int):
+        cg_update(*self.state, provider=provider)
+        self.sync()
+
+    def track_floor_gbps(self, provider: str, B: int, D: int):
+        ms, _ = median_ms(lambda: cg_update(*self.state, provider=provider), DEVICE, 20)
+        return cg_bytes(B, D) / ms / 1e6
+
+    track_floor_gbps.unit = "GB/s"
+
+
+class MRI(_Bounded):
+    params = (["ref", "triton"], [64], [320])
+    param_names = ("provider", "B", "N")
+
+    def setup(self, provider: str, B: int, N: int):
+        _skip_triton_on_cpu(provider)
+        self.x, self.y, self.mask = mri_problem(B, N, N, DEVICE)
+        self.sync = synchronizer(DEVICE)
+        self.time_forward_adjoint(provider, B, N)  # warm-up
+
+    def _call(self, provider: str):
+        mri_forward(self.x, self.mask, provider=provider)
+        mri_adjoint(self.y, self.mask, provider=provider)
+
+    def time_forward_adjoint(self, provider: str, B: int, N: int):
+        self._call(provider)
+        self.sync()
+
+    def track_floor_gbps(self, provider: str, B: int, N: int):
+        ms, _ = median_ms(lambda: self._call(provider), DEVICE, 10)
+        return mri_bytes(B, N, N) / ms / 1e6
+
+    track_floor_gbps.unit = "GB/s"
+
+
+class MStep(_Bounded):
+    r"""Eight Adam steps of the Figure 3 M-step: TimeMLP (3 x 256), batch 1024, in R^5."""
+
+    def setup(self):
+        torch.manual_seed(0)
+        g = torch.Generator().manual_seed(0)
+        self.samples = torch.randn(8192, 5, generator=g).to(DEVICE)
+        self.denoiser = emdm.EDMDenoiser(TimeMLP(5, emb_features=64), emb_features=64)
+        self.denoiser = self.denoiser.to(DEVICE)
+        self.optimizer = torch.optim.Adam(self.denoiser.parameters(), lr=1e-3)
+        self.cfg = EMConfig(train_steps=8)
+        self.generator = torch.Generator(DEVICE).manual_seed(0)
+        self.schedule = emdm.VESchedule(1e-3, 10.0)
+        self.sync = synchronizer(DEVICE)
+        self.time_m_step()  # warm-up
+
+    def time_m_step(self):
+        m_step(self.denoiser, self.samples, self.cfg, self.schedule, self.optimizer,
+               self.generator)  # fmt: skip
+        self.sync()
