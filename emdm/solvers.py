@@ -29,7 +29,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from kernels.cg import batched_dot, cg_update
+from kernels.cg import batched_dot, cg_update_impl
 
 DOTS = ("sample", "batch")
 
@@ -112,10 +112,11 @@ def cg(
 
     # the update after each product C p is one fused kernel on CUDA (kernels/cg.py), the
     # eager reference elsewhere; both: an inactive sample keeps x and r, and p stays finite
+    update = cg_update_impl(provider, b)
     for _ in range(iterations):
         Cp = matvec(p)
-        x, r, p, rr, active, fired = cg_update(x, r, p, Cp, rr, tol, active, dot=dot,
-                                               fired=return_info, provider=provider)  # fmt: skip
+        x, r, p, rr, active, fired = update(x, r, p, Cp, rr, tol, active, dot=dot,
+                                            fired=return_info)  # fmt: skip
         if return_info:
             nonpositive += fired
 

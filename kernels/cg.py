@@ -32,8 +32,17 @@ References:
     | https://doi.org/10.6028/jres.049.044
 """
 
-__all__ = ["ROW_MAX", "batched_dot", "cg_update", "cg_update_reference", "cg_update_triton"]
+__all__ = [
+    "ROW_MAX",
+    "batched_dot",
+    "cg_update",
+    "cg_update_impl",
+    "cg_update_reference",
+    "cg_update_triton",
+]
 
+import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -82,6 +91,12 @@ def _expand(s: Tensor, like: Tensor) -> Tensor:
     return s.reshape(s.shape + (1,) * (like.ndim - 1))
 
 
+@functools.cache
+def _zero(dtype: torch.dtype, device: torch.device) -> Tensor:
+    # one scalar zero per dtype and device, never written: allocating it costs ~3 us per call
+    return torch.zeros((), dtype=dtype, device=device)
+
+
 def cg_update_reference(
     x: Tensor,
     r: Tensor,
@@ -102,11 +117,12 @@ def cg_update_reference(
     # keep their values without extra masking and p stays finite (p = r).
     pCp = batched_dot(p, Cp, dot, acc)
     ok = active & (pCp > 0) & (pCp < torch.inf)
-    zero = torch.zeros((), dtype=acc, device=rr.device)
+    zero = _zero(acc, rr.device)
     alpha = _expand(_cast(torch.where(ok, rr / pCp, zero), x.dtype), x)
     x = torch.addcmul(x, alpha, p)
-    zero_x = torch.zeros((), dtype=x.dtype, device=x.device)
-    r = torch.addcmul(r, alpha, torch.where(_expand(ok, x), Cp, zero_x), value=-1)
+    r = torch.addcmul(
+        r, alpha, torch.where(_expand(ok, x), Cp, _zero(x.dtype, x.device)), value=-1
+    )
     rr_next = batched_dot(r, r, dot, acc)
     beta = _expand(_cast(torch.where(ok, rr_next / rr, zero), x.dtype), x)
     p = torch.addcmul(r, beta, p)
@@ -313,6 +329,14 @@ def cg_update_triton(
 
 
 # Dispatcher
+
+
+def cg_update_impl(provider: str | None, *tensors: Tensor) -> Callable[..., CGState]:
+    r"""Returns :func:`cg_update_triton` or :func:`cg_update_reference` for `tensors`, chosen
+    once, so that a solver's loop does not dispatch at every iteration."""
+    if resolve(provider, *tensors) == "triton":
+        return cg_update_triton
+    return cg_update_reference
 
 
 def cg_update(

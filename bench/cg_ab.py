@@ -1,0 +1,90 @@
+r"""A/B timing of `emdm.cg` on the CPU: this checkout against an earlier commit's.
+
+The CG update moved into `kernels/cg.py` behind a dispatcher; on the CPU the reference runs,
+which must cost no more than the eager loop it replaced. This loads `emdm/solvers.py` as it
+was at `--commit` (default: the last commit before the kernels; that file imports only torch)
+and times both, interleaved, on the systems MMPS solves (:math:`C = I + U U^T` applied as a
+matvec, per-sample dots, the guard count on, as MMPS calls it):
+
+    python -m bench.cg_ab                 # writes results/bench/cg_ab_cpu.{csv,json}
+"""
+
+import dataclasses
+import json
+import statistics
+import subprocess
+import sys
+import time
+import types
+
+import torch
+
+from bench.kernel_problems import median_ms
+from emdm.config import config_dict, parse_config
+from emdm.provenance import write_results
+from emdm.solvers import cg
+
+
+@dataclasses.dataclass
+class CGABConfig:
+    commit: str = "47ac804"
+    batch: int = 256
+    sizes: tuple[int, ...] = (16, 3072)
+    iterations: tuple[int, ...] = (1, 3, 5)
+    rounds: int = 40
+    threads: int = 0  # 0: torch's default
+    out: str = "results/bench"
+    name: str = "cg_ab_cpu"
+    dry_run: bool = False
+
+
+def load_old_cg(commit: str):
+    source = subprocess.run(
+        ["git", "show", f"{commit}:emdm/solvers.py"], capture_output=True, text=True, check=True
+    ).stdout
+    module = types.ModuleType(f"solvers_{commit}")
+    exec(compile(source, f"{commit}:emdm/solvers.py", "exec"), module.__dict__)
+    return module.cg
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(CGABConfig, argv, prog="bench/cg_ab.py")
+    if cfg.dry_run:
+        print(json.dumps(config_dict(cfg), indent=2))
+        return 0
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    old_cg, start, rows = load_old_cg(cfg.commit), time.perf_counter(), []
+    g = torch.Generator().manual_seed(0)
+    for D in cfg.sizes:
+        U = torch.randn(cfg.batch, D, 4, generator=g) / D**0.5
+        b = torch.randn(cfg.batch, D, generator=g)
+
+        def matvec(v, U=U):
+            return v + (U @ (U.mT @ v[..., None]))[..., 0]
+
+        for k in cfg.iterations:
+            calls = {
+                "old": lambda k=k, b=b, mv=matvec: old_cg(mv, b, k, return_info=True),
+                "new": lambda k=k, b=b, mv=matvec: cg(mv, b, k, return_info=True),
+            }
+            times = {name: [] for name in calls}
+            for r in range(cfg.rounds):
+                for name in list(calls)[:: 1 if r % 2 else -1]:  # alternate the order
+                    times[name].append(median_ms(calls[name], "cpu", repeats=5, warmup=1)[0])
+            old, new = statistics.median(times["old"]), statistics.median(times["new"])
+            rows += [
+                {"D": D, "iterations": k, "commit": cfg.commit, "metric": "old_ms", "value": old},
+                {"D": D, "iterations": k, "commit": "HEAD", "metric": "new_ms", "value": new},
+                {"D": D, "iterations": k, "metric": "new_over_old", "value": new / old},
+            ]
+            print(f"D {D}, {k} iterations: {cfg.commit} {old:.3f} ms, now {new:.3f} ms, "
+                  f"ratio {new / old:.3f}")  # fmt: skip
+    cfg.threads = torch.get_num_threads()
+    write_results(cfg.name, rows, config_dict(cfg), wall_time=time.perf_counter() - start,
+                  out_dir=cfg.out, quick=False, device="cpu")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
