@@ -159,7 +159,7 @@ if triton is not None:
         active = tl.load(active_ptr + row) != 0
 
         pcp = tl.sum(p.to(rr.dtype) * cp.to(rr.dtype), axis=0)
-        ok = active & (pcp > 0) & (pcp < float("inf"))
+        ok = active & (pcp > 0) & (pcp - pcp == 0)  # positive and finite (inf - inf is NaN)
         alpha = tl.where(ok, rr / tl.where(ok, pcp, 1.0), 0.0).to(x.dtype)
         x = x + alpha * p
         r = r - alpha * tl.where(ok, cp, 0.0)
@@ -210,7 +210,7 @@ if triton is not None:
         cpcp = tl.load(dots_ptr + row * 3 + 2)
         rr = tl.load(rr_ptr + row)
         active = tl.load(active_ptr + row) != 0
-        ok = active & (pcp > 0) & (pcp < float("inf"))
+        ok = active & (pcp > 0) & (pcp - pcp == 0)  # positive and finite (inf - inf is NaN)
         alpha_acc = tl.where(ok, rr / tl.where(ok, pcp, 1.0), 0.0)
         # ρ' = ‖r − αCp‖² expanded; clamped: rounding can take it below zero near convergence
         rr_est = tl.maximum(rr - 2 * alpha_acc * rcp + alpha_acc * alpha_acc * cpcp, 0.0)
