@@ -174,16 +174,22 @@ class MixtureDenoiser(nn.Module):
         cov_y = torch.as_tensor(cov_y, dtype=torch.float64, device=x.device)
         if cov_y.ndim == 0:
             cov_y = cov_y * torch.eye(M, dtype=torch.float64, device=x.device)
-        # A m_k = A μ̄ + a_k A μ̃_k + b_k A x̃_t, without a (B, K, D) intermediate
-        Am = a[..., None] * (self.centered @ A.T) + b[..., None] * (xc @ A.T)[:, None]
-        r_y = y.double().reshape(-1, 1, M) - (A @ self.center) - Am  # (B, K, M)
+        # S_k = Σ_y + c_k A Aᵀ = L (I + c_k Q Λ Qᵀ) Lᵀ with Σ_y = L Lᵀ and
+        # L⁻¹ A Aᵀ L⁻ᵀ = Q Λ Qᵀ: one M×M decomposition, then everything is elementwise
+        L = torch.linalg.cholesky(cov_y)
+        G = torch.linalg.solve_triangular(L, A, upper=False)  # L⁻¹ A, (M, D)
+        lam, Q = torch.linalg.eigh(G @ G.T)
+        P = Q.T @ G  # (M, D): whitened and rotated observation rows
+        # P m_k = P μ̄ + a_k P μ̃_k + b_k P x̃_t, without a (B, K, D) intermediate
+        Pm = a[..., None] * (self.centered @ P.T) + b[..., None] * (xc @ P.T)[:, None]
+        y_w = Q.T @ torch.linalg.solve_triangular(L, y.double().reshape(-1, M).T, upper=False)
+        z = y_w.T[:, None] - P @ self.center - Pm  # (B, K, M), Qᵀ L⁻¹ (y - A m_k)
         c = a * self.std.double() ** 2  # (B, K), c_k = s_k² σ² / v_k
-        S = cov_y + c[..., None, None] * (A @ A.T)  # (B, K, M, M)
-        L = torch.linalg.cholesky(S)
-        z = torch.linalg.solve_triangular(L, r_y[..., None], upper=False)[..., 0]
+        s = 1 + c[..., None] * lam.clamp_min(0)  # (B, K, M)
         log_n = (
-            -0.5 * z.square().sum(-1)
-            - L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+            -0.5 * (z.square() / s).sum(-1)
+            - 0.5 * s.log().sum(-1)
+            - L.diagonal().log().sum()
             - 0.5 * M * math.log(2 * math.pi)
         )
         return torch.logsumexp(r.log() + log_n, dim=-1)
