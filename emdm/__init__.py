@@ -8,8 +8,8 @@ from .dplr import DPLR
 from .loss import denoiser_loss
 from .mmps import MMPS
 from .operators import DenseOperator, Identity, LinearOperator, MaskOperator, MRIOperator
-from .samplers import DDIM, DDPM, PredictorCorrector, sample
-from .schedule import Schedule, VESchedule
+from .samplers import DDIM, DDPM, VPDDIM, PredictorCorrector, sample
+from .schedule import Schedule, VESchedule, VPSchedule
 from .solvers import cg
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "DDPM",
     "DPLR",
     "MMPS",
+    "VPDDIM",
     "DenseOperator",
     "EDMDenoiser",
     "GaussianDenoiser",
@@ -29,6 +30,7 @@ __all__ = [
     "PredictorCorrector",
     "Schedule",
     "VESchedule",
+    "VPSchedule",
     "cg",
     "denoiser_loss",
     "sample",

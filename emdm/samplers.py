@@ -3,7 +3,12 @@ r"""Diffusion samplers on the VE process :math:`x_t = x + \sigma_t z` (protocols
 With :math:`N` steps and :math:`\Delta = 1 / N`, the time grid is :math:`t_i = 1 - i \Delta`,
 :math:`i = 0, \dots, N - 1`, and each step goes from :math:`t = t_i` to :math:`s = t - \Delta`.
 The last step ends at :math:`\sigma(0) = \sigma_{min}`, not at 0; the sampler then returns one
-more denoiser call :math:`d(x, \sigma(0))`. Subclasses implement only :meth:`Sampler.step`.
+more denoiser call :math:`d(x, \sigma(0))`. Subclasses implement only :meth:`Sampler.step`
+(and, for another time grid, :meth:`Sampler.grid`).
+
+:class:`VPDDIM` is guided-diffusion's DDIM(:math:`\eta`) on a respaced :class:`VPSchedule`
+(protocols §6.1), the sampler of the posterior-sampling benchmark: its state is the VP
+:math:`x_t`, its denoiser still works in VE coordinates.
 
 References:
     | Denoising Diffusion Probabilistic Models (Ho et al., 2020)
@@ -14,7 +19,16 @@ References:
     | https://arxiv.org/abs/2011.13456
 """
 
-__all__ = ["DDIM", "DDPM", "SAMPLERS", "PredictorCorrector", "Sampler", "randn_like", "sample"]
+__all__ = [
+    "DDIM",
+    "DDPM",
+    "SAMPLERS",
+    "VPDDIM",
+    "PredictorCorrector",
+    "Sampler",
+    "randn_like",
+    "sample",
+]
 
 import math
 from abc import ABC, abstractmethod
@@ -24,7 +38,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .schedule import Schedule
+from .schedule import Schedule, VPSchedule
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
 
@@ -61,6 +75,8 @@ class Sampler(ABC):
 
     #: The number of denoiser calls per step.
     calls_per_step: int = 1
+    #: Whether the output is one more denoiser call after the last step.
+    final_denoise: bool = True
 
     def __init__(
         self,
@@ -94,6 +110,11 @@ class Sampler(ABC):
     def step(self, x_t: Tensor, t: float, s: float, generator: Generator = None) -> Tensor:
         r"""Returns :math:`x_s` given :math:`x_t`, for :math:`s < t`."""
 
+    def grid(self) -> list[tuple[float, float]]:
+        r"""The steps :math:`(t, s)`: by default :math:`t_i = 1 - i / N`, :math:`s = t_{i+1}`."""
+        delta = 1 / self.steps
+        return [(1 - i * delta, 1 - (i + 1) * delta) for i in range(self.steps)]
+
     @torch.no_grad()
     def __call__(self, x_1: Tensor, generator: Generator = None) -> Tensor:
         r"""
@@ -106,18 +127,17 @@ class Sampler(ABC):
         """
         if not isinstance(x_1, Tensor) or x_1.ndim < 1 or not x_1.is_floating_point():
             raise ValueError("x_1 must be a floating-point tensor with shape (B, *)")
-        delta = 1 / self.steps
         x = x_1
-        for i in tqdm(range(self.steps), disable=not self.progress, desc="sampling"):
-            t = 1 - i * delta
-            x = self.step(x, t, t - delta, generator)
+        grid = self.grid()
+        for i, (t, s) in enumerate(tqdm(grid, disable=not self.progress, desc="sampling")):
+            x = self.step(x, t, s, generator)
             if self.check_finite and not bool(torch.isfinite(x).all()):
                 sigma_t = self.sigma(t, x)[0].item()
                 raise FloatingPointError(
                     f"non-finite samples after the step from sigma_t = {sigma_t:.4g} "
-                    f"(step {i + 1} of {self.steps})"
+                    f"(step {i + 1} of {len(grid)})"
                 )
-        return self.denoise(x, 0.0)
+        return self.denoise(x, 0.0) if self.final_denoise else x
 
 
 class DDPM(Sampler):
@@ -176,10 +196,80 @@ class PredictorCorrector(DDIM):
         return x_s
 
 
+class VPDDIM(Sampler):
+    r"""DDIM(:math:`\eta`) on a respaced variance-preserving schedule, as guided-diffusion and
+    the posterior-sampling benchmark run it (protocols §6.1).
+
+    The state is the VP :math:`x_t = \sqrt{\bar{\alpha}_t} x + \sqrt{1 - \bar{\alpha}_t} z`.
+    With :math:`\hat{x} = d(x_t / \sqrt{\bar{\alpha}_t}, \tilde{\sigma}_t)` (the denoiser in
+    VE coordinates, :math:`\tilde{\sigma}_t^2 = (1 - \bar{\alpha}_t) / \bar{\alpha}_t`), a step
+    from :math:`t` to :math:`s` is
+
+    .. math::
+        \hat{\varepsilon} & = (x_t - \sqrt{\bar{\alpha}_t} \hat{x}) / \sqrt{1 - \bar{\alpha}_t} \\
+        \varsigma & = \eta \sqrt{(1 - \bar{\alpha}_s) / (1 - \bar{\alpha}_t)}
+            \sqrt{1 - \bar{\alpha}_t / \bar{\alpha}_s} \\
+        x_s & = \sqrt{\bar{\alpha}_s} \hat{x}
+            + \sqrt{1 - \bar{\alpha}_s - \varsigma^2} \, \hat{\varepsilon} + \varsigma z
+
+    over the respaced indices :math:`\mathrm{round}(i (T - 1) / (N - 1))`; the last step lands on
+    :math:`\bar{\alpha} = 1`, where :math:`x_s = \hat{x}`: :math:`N` denoiser calls in all. A
+    posterior denoiser (MMPS, the baselines) that returns :math:`\hat{x} + \Delta` thus adds
+    :math:`c_s \Delta` to :math:`x_s`, with
+    :math:`c_s = \partial x_s / \partial \hat{x} = \sqrt{\bar{\alpha}_s}
+    - \sqrt{1 - \bar{\alpha}_s - \varsigma^2} \sqrt{\bar{\alpha}_t / (1 - \bar{\alpha}_t)}`,
+    the benchmark's weighting.
+
+    Arguments:
+        denoiser: A denoiser :math:`d(\tilde{x}_t, \tilde{\sigma}_t)` in VE coordinates.
+        schedule: A :class:`emdm.VPSchedule`.
+        steps: The number of steps :math:`N`.
+        eta: :math:`\eta` (0: deterministic DDIM; 1: DDPM's posterior variance, the benchmark's).
+        kwargs: The other arguments of :class:`Sampler`.
+    """
+
+    final_denoise = False
+
+    def __init__(self, denoiser, schedule: VPSchedule, steps: int = 100, eta: float = 1.0,
+                 **kwargs):  # fmt: skip
+        if not isinstance(schedule, VPSchedule):
+            raise ValueError(f"VPDDIM needs a VPSchedule, got {type(schedule).__name__}")
+        super().__init__(denoiser, schedule, steps, **kwargs)
+        if not 0 <= eta <= 1:
+            raise ValueError(f"eta must be in [0, 1], got {eta}")
+        self.eta = eta
+        schedule.respaced(steps)  # validates steps against T
+
+    def grid(self) -> list[tuple[float, float]]:
+        n = self.schedule.respaced(self.steps)
+        return [(self.schedule.step_time(a), self.schedule.step_time(b))
+                for a, b in zip(n, [*n[1:], -1], strict=True)]  # fmt: skip
+
+    def coefficients(self, t: float, s: float) -> tuple[float, float, float, float]:
+        r"""Returns :math:`(\sqrt{\bar{\alpha}_t}, \sqrt{\bar{\alpha}_s},
+        \sqrt{1 - \bar{\alpha}_s - \varsigma^2} / \sqrt{1 - \bar{\alpha}_t}, \varsigma)`."""
+        ab_t, ab_s = (self.schedule.alpha_bar(torch.tensor(u, dtype=torch.float64)).item()
+                      for u in (t, s))  # fmt: skip
+        var = self.eta**2 * (1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)
+        return (
+            math.sqrt(ab_t),
+            math.sqrt(ab_s),
+            math.sqrt(max(1 - ab_s - var, 0.0) / (1 - ab_t)),
+            math.sqrt(var),
+        )
+
+    def step(self, x_t: Tensor, t: float, s: float, generator: Generator = None) -> Tensor:
+        a_t, a_s, k, std = self.coefficients(t, s)
+        x_hat = self.denoise(x_t / a_t, t)
+        x_s = a_s * x_hat + k * (x_t - a_t * x_hat)
+        return x_s + std * randn_like(x_t, generator) if std > 0 else x_s
+
+
 SAMPLERS: dict[str, type[Sampler]] = {
     "ddpm": DDPM,
     "ddim": DDIM,
     "pc": PredictorCorrector,
+    "ddim_vp": VPDDIM,
 }
 
 
@@ -199,7 +289,7 @@ def sample(
         denoiser: A denoiser :math:`d(x_t, \sigma)`, e.g. an :class:`emdm.MMPS`.
         x1: The initial state, typically :math:`\mu + \sigma(1) z`, with shape :math:`(B, *)`.
         schedule: The noise schedule.
-        sampler: One of `"ddpm"`, `"ddim"` or `"pc"`.
+        sampler: One of `"ddpm"`, `"ddim"`, `"pc"` or `"ddim_vp"` (with a VP schedule).
         steps: The number of steps.
         generator: A generator, or one per sample, for the noise of stochastic steps.
         progress: Whether to show a progress bar.

@@ -191,7 +191,9 @@ def test_progress_bar_can_be_switched_off(capsys):
 
 def test_bad_sampler_arguments():
     x = torch.zeros(2, 3)
-    with pytest.raises(ValueError, match=r"sampler must be one of \('ddpm', 'ddim', 'pc'\)"):
+    with pytest.raises(
+        ValueError, match=r"sampler must be one of \('ddpm', 'ddim', 'pc', 'ddim_vp'\)"
+    ):
         sample(Recorder(), x, SCHEDULE, "euler")
     with pytest.raises(ValueError, match="steps must be a positive integer"):
         sample(Recorder(), x, SCHEDULE, "ddpm", 0)
@@ -203,3 +205,64 @@ def test_bad_sampler_arguments():
         sample(Recorder(), x, SCHEDULE, "pc", 2, corrections=-1)
     with pytest.raises(ValueError, match="one generator per sample"):
         sample(Recorder(), x, SCHEDULE, "ddpm", 2, generator=[torch.Generator()])
+
+
+def vp_exact_law(denoiser, sampler, mean_1, cov_1):
+    """The law of VPDDIM's output: each step x_s = k x_t + (a_s - k a_t) d(x_t / a_t) + std z
+    is affine in x_t when d is."""
+    I = torch.eye(D, dtype=DT)
+    m, C = mean_1, cov_1
+    for t, s in sampler.grid():
+        a_t, a_s, k, std = sampler.coefficients(t, s)
+        P, q = affine(denoiser, sampler.sigma(t, m[None])[0].item())
+        L = k * I + (a_s - k * a_t) / a_t * P
+        m, C = L @ m + (a_s - k * a_t) * q, L @ C @ L.T + std**2 * I
+    return m, C
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_vp_ddim_follows_its_exact_law(problem, eta):
+    from emdm import VPDDIM, VPSchedule
+
+    posterior_denoiser, mu, m, C = problem
+    n, schedule = 8192, VPSchedule()
+    gen = torch.Generator().manual_seed(3)
+    x1 = torch.randn((n, D), generator=gen, dtype=DT)  # the VP state at t = 1
+    x = VPDDIM(posterior_denoiser(n), schedule, steps=10, eta=eta)(x1, gen)
+    probe = VPDDIM(posterior_denoiser(D + 1), schedule, steps=10, eta=eta)
+    mean, cov = vp_exact_law(posterior_denoiser(D + 1), probe, torch.zeros(D, dtype=DT),
+                             torch.eye(D, dtype=DT))  # fmt: skip
+    assert within_monte_carlo_error(x, mean, cov)
+    assert not within_monte_carlo_error(x, mean, 1.2 * cov) or eta == 0.0
+
+
+def test_vp_ddim_converges_to_the_posterior(problem):
+    # with 1000 steps (no respacing) DDIM(η = 1) is DDPM's ancestral sampler: its exact law is
+    # the posterior up to the schedule's own error (ᾱ_T > 0, the clipped-free VE denoiser)
+    from emdm import VPDDIM, VPSchedule
+
+    posterior_denoiser, mu, m, C = problem
+    errors = []
+    for steps in (100, 1000):
+        probe = VPDDIM(posterior_denoiser(D + 1), VPSchedule(), steps=steps, eta=1.0)
+        mean, cov = vp_exact_law(posterior_denoiser(D + 1), probe, torch.zeros(D, dtype=DT),
+                                 torch.eye(D, dtype=DT))  # fmt: skip
+        errors.append(max((mean - m).abs().max().item(), (cov - C).abs().max().item()))
+    assert errors[1] < 0.02 and errors[0] / errors[1] > 5  # first order: 0.083 → 0.009
+
+
+def test_vp_ddim_grid_and_calls():
+    from emdm import VPDDIM, VESchedule, VPSchedule
+
+    recorder = Recorder()
+    sampler = VPDDIM(recorder, VPSchedule(), steps=4)
+    out = sampler(torch.zeros(2, D, dtype=DT))
+    assert len(recorder.sigmas) == 4  # N calls, the last one's output returned as is
+    ab = VPSchedule().alpha_bar(torch.tensor([999, 666, 333, 0], dtype=DT) / 999)
+    sigmas = torch.tensor([s[0].item() for s in recorder.sigmas], dtype=DT)
+    torch.testing.assert_close(sigmas, ((1 - ab) / ab).sqrt())
+    assert out.shape == (2, D)
+    with pytest.raises(ValueError, match="needs a VPSchedule"):
+        VPDDIM(recorder, VESchedule(), steps=4)
+    with pytest.raises(ValueError, match="eta must be in"):
+        VPDDIM(recorder, VPSchedule(), steps=4, eta=2.0)
