@@ -44,10 +44,10 @@ from .denoisers.base import broadcast_sigma
 from .denoisers.gaussian import posterior_covariance
 from .dplr import DPLR
 from .operators.base import transpose
-from .solvers import DENSE_MAX, DOTS, cg, dense_solve
+from .solvers import DENSE_MAX, DOTS, cg, dense_solve, gmres
 
 COVARIANCES = ("tweedie", "zero", "sigma_t", "identity")
-SOLVERS = ("cg", "dense")
+SOLVERS = ("cg", "dense", "gmres")
 
 
 def _check_cov_y(cov_y, y: Tensor) -> Tensor | DPLR:
@@ -107,7 +107,9 @@ class MMPS:
         accumulate: The dtype of CG inner products (e.g. `torch.float64`).
         rtol: The CG relative residual tolerance (the paper's code uses 1e-3).
         check: Whether to check each call's :math:`\sigma > 0` (one host sync per call).
-        solver: `"cg"`, or `"dense"`: the exact solve of the symmetrized system with its
+        solver: `"cg"`; `"gmres"` (float64 unless `accumulate` says otherwise, no symmetry
+            assumed; the posterior-sampling benchmark's solver, with `iterations` Arnoldi
+            iterations); or `"dense"`: the exact solve of the symmetrized system with its
             eigenvalues below :math:`\Sigma_y`'s reflected (observations of at most
             :data:`emdm.solvers.DENSE_MAX` elements; costs one VJP per element).
 
@@ -269,6 +271,10 @@ class MMPS:
         if self.solver == "dense":
             acc = self.accumulate or torch.float64
             v, info = dense_solve(matvec, r, self.floor, accumulate=acc, return_info=True)
+        elif self.solver == "gmres":
+            acc = self.accumulate or torch.float64
+            v = gmres(matvec, r, self.iterations, dot=self.dot, accumulate=acc)
+            return (x_hat + s2 * vjp(A_T(v), retain=False)).detach()
         else:
             v, info = cg(
                 matvec,
@@ -284,7 +290,9 @@ class MMPS:
 
     def __repr__(self) -> str:
         cov = self.covariance if isinstance(self.covariance, str) else repr(self.covariance)
-        solver = f"iterations={self.iterations}" if self.solver == "cg" else "solver=dense"
+        solver = "solver=dense"
+        if self.solver != "dense":
+            solver = f"solver={self.solver}, iterations={self.iterations}"
         return f"MMPS(A={self.A!r}, covariance={cov}, {solver})"
 
 

@@ -16,12 +16,18 @@ forms :math:`C` column by column, symmetrizes it and solves it through its eigen
 reflecting every eigenvalue below a floor: the exact solve of the paper's code, made safe for the
 indefinite or singular :math:`C` a learned Jacobian can produce.
 
+:func:`gmres` solves systems that need not be symmetric (the posterior-sampling benchmark's
+solver, protocols §6.3) by minimizing the residual over the Krylov space of a fixed number of
+Arnoldi iterations.
+
 References:
     | Methods of Conjugate Gradients for Solving Linear Systems (Hestenes & Stiefel, 1952)
     | https://doi.org/10.6028/jres.049.044
+    | GMRES: A Generalized Minimal Residual Algorithm for Solving Nonsymmetric Linear Systems
+    | (Saad & Schultz, 1986) https://doi.org/10.1137/0907058
 """
 
-__all__ = ["DENSE_MAX", "CGInfo", "cg", "dense_solve"]
+__all__ = ["DENSE_MAX", "CGInfo", "cg", "dense_solve", "gmres"]
 
 from collections.abc import Callable
 from typing import NamedTuple
@@ -202,3 +208,82 @@ def dense_solve(
         )
         return out, CGInfo(nonpositive=raised.sum(-1), residual=residual)
     return out
+
+
+def gmres(
+    matvec: Callable[[Tensor], Tensor],
+    b: Tensor,
+    iterations: int,
+    *,
+    dot: str = "sample",
+    accumulate: torch.dtype = torch.float64,
+    regularization: float = 1e-6,
+) -> Tensor:
+    r"""Solves the batched systems :math:`C x = b` by GMRES, from :math:`x_0 = 0`.
+
+    :math:`k` Arnoldi iterations (modified Gram-Schmidt, in `accumulate`) build an orthonormal
+    basis :math:`V_k` of the Krylov space :math:`\mathcal{K}_k(C, b)` and the Hessenberg
+    :math:`\bar{H}_k \in \mathbb{R}^{(k+1) \times k}` with :math:`C V_k = V_{k+1} \bar{H}_k`;
+    then :math:`x = V_k y` with :math:`y` minimizing :math:`\|\beta e_1 - \bar{H}_k y\|`,
+    solved as :math:`\bar{H}_k = Q R`, :math:`(R + \epsilon I) y = \beta Q^T e_1` with
+    :math:`\epsilon` = `regularization` (the benchmark's 1e-6, which also absorbs a breakdown:
+    when the Krylov space stops growing, :math:`R` is singular).
+
+    Warning:
+        The number of iterations is fixed (no tolerance, no host synchronization); the cost is
+        `iterations` matvecs and :math:`O(k^2)` inner products, and the basis holds
+        :math:`k + 1` vectors of the shape of `b` in `accumulate`.
+
+    Arguments:
+        matvec: The operator :math:`v \mapsto C v`, on tensors with the shape of `b`.
+        b: The right-hand sides, with shape :math:`(B, *)`.
+        iterations: The number of Arnoldi iterations :math:`k \geq 1`.
+        dot: `"sample"`: one system per sample, or `"batch"`: the whole batch as one vector,
+            as the benchmark's code does on its flattened tensor.
+        accumulate: The dtype of the basis and the small least-squares problem (float64 in the
+            benchmark).
+        regularization: :math:`\epsilon \geq 0`.
+
+    Returns:
+        The solutions, with the shape and dtype of `b`.
+    """
+    if not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
+    if dot not in DOTS:
+        raise ValueError(f"dot must be one of {DOTS}, got {dot!r}")
+    if b.ndim < 1:
+        raise ValueError(f"b must have shape (B, *), got a scalar {tuple(b.shape)}")
+    if not regularization >= 0:
+        raise ValueError(f"regularization must be non-negative, got {regularization}")
+    shape, dtype = b.shape, b.dtype
+    rows = 1 if dot == "batch" else shape[0]
+
+    def C(v: Tensor) -> Tensor:  # (rows, n) in accumulate -> (rows, n)
+        return matvec(v.to(dtype).reshape(shape)).reshape(rows, -1).to(accumulate)
+
+    r = b.reshape(rows, -1).to(accumulate)
+    beta = torch.linalg.vector_norm(r, dim=1)  # (rows,)
+    tiny = torch.finfo(accumulate).tiny
+
+    def normalized(w: Tensor, norm: Tensor) -> Tensor:
+        return w / torch.where(norm > tiny, norm, torch.ones_like(norm))[:, None]
+
+    k = iterations
+    V = [normalized(r, beta)]
+    H = torch.zeros((rows, k + 1, k), dtype=accumulate, device=b.device)
+    for j in range(k):
+        w = C(V[j])
+        for i in range(j + 1):  # modified Gram-Schmidt
+            h = torch.linalg.vecdot(V[i], w)
+            H[:, i, j] = h
+            w = w - h[:, None] * V[i]
+        h = torch.linalg.vector_norm(w, dim=1)
+        H[:, j + 1, j] = h
+        V.append(normalized(w, h))
+
+    Q, R = torch.linalg.qr(H)  # (rows, k + 1, k), (rows, k, k)
+    g = beta[:, None] * Q[:, 0, :]  # Qᵀ (β e_1)
+    eye = torch.eye(k, dtype=accumulate, device=b.device)
+    y = torch.linalg.solve_triangular(R + regularization * eye, g[..., None], upper=True)
+    x = torch.einsum("rk,krn->rn", y[..., 0], torch.stack(V[:k]))
+    return x.to(dtype).reshape(shape)

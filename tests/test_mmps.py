@@ -302,3 +302,18 @@ def test_dense_solver_bad_input(problem):
         ones = torch.ones(M, dtype=torch.float64)
         bad = DPLR(ones, -2 * ones[:, None], ones[None])  # I - 2·11ᵀ: eigenvalue 1 - 2M
         MMPS(denoiser, DenseOperator(A), y, bad, solver="dense")
+
+
+@pytest.mark.parametrize("sigma", [1e-3, 1.0, 100.0])
+def test_gmres_solver_equals_closed_form(problem, sigma):
+    denoiser, cov_x, mu, A, y, x_t = problem
+    s = torch.full((B,), sigma, dtype=torch.float64)
+    m, V = gaussian_moments(cov_x, mu, x_t, sigma)
+    expected = posterior_mean(m, V, A, y, 0.05**2 * torch.eye(M, dtype=torch.float64))
+    mmps = MMPS(denoiser, DenseOperator(A), y, 0.05**2, iterations=M, solver="gmres")
+    # exact after M Arnoldi iterations, up to the benchmark's 1e-6 regularization
+    torch.testing.assert_close(mmps(x_t, s), expected, rtol=1e-4, atol=1e-4)
+    counting = CountingDenoiser(denoiser)
+    MMPS(counting, DenseOperator(A), y, 0.05**2, iterations=2, solver="gmres")(x_t, s)
+    assert (counting.forwards, counting.backwards) == (1, 3)
+    assert "gmres" in repr(mmps)

@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 
@@ -183,3 +185,59 @@ def test_dense_solve_bad_input():
         dense_solve(lambda v: v, torch.ones(2, DENSE_MAX + 1), 1.0)
     with pytest.raises(ValueError, match="floor must be positive"):
         dense_solve(lambda v: v, torch.ones(2, 3), 0.0)
+
+
+def nonsymmetric(B, N, gen):
+    noise = torch.randn((B, N, N), generator=gen, dtype=torch.float64)
+    return 3 * torch.eye(N, dtype=torch.float64) + noise / N**0.5
+
+
+def test_gmres_is_exact_in_n_iterations_on_nonsymmetric_systems(gen):
+    from emdm.solvers import gmres
+
+    B, N = 3, 6
+    C = nonsymmetric(B, N, gen)
+    b = torch.randn((B, N), generator=gen, dtype=torch.float64)
+    x = gmres(batched(C), b, N, regularization=0.0)
+    torch.testing.assert_close(x, torch.linalg.solve(C, b))
+    # the residual norm is non-increasing in k (it minimizes over nested Krylov spaces)
+    res = [torch.linalg.norm(batched(C)(gmres(batched(C), b, k, regularization=0.0)) - b, dim=1)
+           for k in range(1, N + 1)]  # fmt: skip
+    assert all((a >= c - 1e-12).all() for a, c in itertools.pairwise(res))
+
+
+def test_gmres_one_iteration_closed_form(gen):
+    # k = 1: x = y b with y minimizing ‖b - y C b‖, i.e. y = bᵀ C b / ‖C b‖²
+    from emdm.solvers import gmres
+
+    C = nonsymmetric(2, 4, gen)
+    b = torch.randn((2, 4), generator=gen, dtype=torch.float64)
+    Cb = batched(C)(b)
+    y = (b * Cb).sum(1) / (Cb * Cb).sum(1)
+    torch.testing.assert_close(gmres(batched(C), b, 1, regularization=0.0), y[:, None] * b)
+
+
+def test_gmres_batch_modes_dtype_and_breakdown(gen):
+    from emdm.solvers import gmres
+
+    B, N = 3, 5
+    C = nonsymmetric(B, N, gen)
+    b = torch.randn((B, N), generator=gen, dtype=torch.float64)
+    full = gmres(batched(C), b, 2, regularization=0.0)
+    torch.testing.assert_close(full[:1], gmres(batched(C[:1]), b[:1], 2, regularization=0.0))
+    # batch mode: one Krylov space over the concatenated vector, that of the block system;
+    # with k < N it differs from per-sample solves
+    block = torch.block_diag(*C)
+    glob = gmres(batched(C), b, 2, dot="batch", regularization=0.0)
+    single = gmres(batched(block[None]), b.reshape(1, -1), 2, regularization=0.0)
+    torch.testing.assert_close(glob.reshape(1, -1), single)
+    assert not torch.allclose(glob, full)
+    # float32 in, float32 out, computed in float64
+    x32 = gmres(batched(C.float()), b.float(), N, regularization=0.0)
+    assert x32.dtype == torch.float32
+    torch.testing.assert_close(x32.double(), torch.linalg.solve(C, b), rtol=1e-5, atol=1e-5)
+    # breakdown: C = I solves in one iteration; more iterations stay finite with ε > 0
+    x = gmres(lambda v: v, b, 4)
+    torch.testing.assert_close(x, b, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="iterations must be a positive"):
+        gmres(lambda v: v, b, 0)
