@@ -214,11 +214,12 @@ class VPDDIM(Sampler):
 
     over the respaced indices :math:`\mathrm{round}(i (T - 1) / (N - 1))`; the last step lands on
     :math:`\bar{\alpha} = 1`, where :math:`x_s = \hat{x}`: :math:`N` denoiser calls in all. A
-    posterior denoiser (MMPS, the baselines) that returns :math:`\hat{x} + \Delta` thus adds
+    posterior denoiser (MMPS) that returns :math:`\hat{x} + \Delta` thus adds
     :math:`c_s \Delta` to :math:`x_s`, with
     :math:`c_s = \partial x_s / \partial \hat{x} = \sqrt{\bar{\alpha}_s}
     - \sqrt{1 - \bar{\alpha}_s - \varsigma^2} \sqrt{\bar{\alpha}_t / (1 - \bar{\alpha}_t)}`,
-    the benchmark's weighting.
+    the benchmark's weighting; a baseline of :mod:`emdm.baselines` (it has `parts`) adds
+    :math:`\kappa \Delta` with its own benchmark weight :math:`\kappa`.
 
     Arguments:
         denoiser: A denoiser :math:`d(\tilde{x}_t, \tilde{\sigma}_t)` in VE coordinates.
@@ -260,8 +261,14 @@ class VPDDIM(Sampler):
 
     def step(self, x_t: Tensor, t: float, s: float, generator: Generator = None) -> Tensor:
         a_t, a_s, k, std = self.coefficients(t, s)
-        x_hat = self.denoise(x_t / a_t, t)
+        parts = getattr(self.denoiser, "parts", None)  # a baseline (emdm.baselines.Guidance)
+        if parts is None:
+            x_hat, delta = self.denoise(x_t / a_t, t), None
+        else:
+            x_hat, delta = parts(x_t / a_t, self.sigma(t, x_t))
         x_s = a_s * x_hat + k * (x_t - a_t * x_hat)
+        if delta is not None:  # the benchmark's weight of each baseline's correction
+            x_s = x_s + self.denoiser.vp_coefficient(a_t**2, a_s**2, a_s - k * a_t) * delta
         return x_s + std * randn_like(x_t, generator) if std > 0 else x_s
 
 
