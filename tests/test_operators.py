@@ -70,3 +70,53 @@ def test_mask_operator_shape_checks():
         A.out_shape((2, 1, 4, 4))
     with pytest.raises(ValueError, match="does not broadcast"):
         A.out_shape((3, 1, 5, 4))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 9, 11), (1, 1, 6, 5)])
+def test_blur_adjoint_autograd_and_closed_forms(gen, shape):
+    from emdm.operators import Blur, gaussian_kernel
+
+    kernel = torch.rand((5, 5), generator=gen, dtype=torch.float64)
+    A = Blur(kernel)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64)
+    u = torch.randn(shape, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close((A(x) * u).sum(), (x * A.T(u)).sum())
+    torch.testing.assert_close(A.T(u), AutogradAdjoint(A, x)(u))
+    # a normalized kernel keeps a constant image (reflect padding adds no border)
+    g = gaussian_kernel(5, 1.0, torch.float64)
+    torch.testing.assert_close(g.sum(), torch.tensor(1.0, dtype=torch.float64))
+    torch.testing.assert_close(g, g.T)
+    torch.testing.assert_close(Blur(g)(torch.full(shape, 0.7, dtype=torch.float64)),
+                               torch.full(shape, 0.7, dtype=torch.float64))  # fmt: skip
+    # a unit kernel is the identity; a shifted delta shifts the image (cross-correlation)
+    delta = torch.zeros((3, 3), dtype=torch.float64)
+    delta[1, 1] = 1
+    torch.testing.assert_close(Blur(delta)(x), x)
+    delta = torch.zeros((3, 3), dtype=torch.float64)
+    delta[1, 2] = 1
+    torch.testing.assert_close(Blur(delta)(x)[..., :-1], x[..., 1:])
+    with pytest.raises(ValueError, match="k odd"):
+        Blur(torch.ones(4, 4))
+    with pytest.raises(ValueError, match="needs H and W"):
+        Blur(torch.ones(9, 9))(torch.ones(1, 1, 4, 4))
+
+
+def test_inpainting_masks():
+    from emdm.operators import box_mask, random_mask
+
+    A = box_mask(3, size=32, box=8, margin=4, generator=torch.Generator().manual_seed(0))
+    m = A.mask
+    assert m.shape == (3, 1, 32, 32)
+    assert ((1 - m).sum(dim=(1, 2, 3)) == 64).all()  # one 8 x 8 box each
+    rows = (m[:, 0] == 0).any(dim=2)  # (B, H): rows the box covers
+    first = rows.float().argmax(dim=1)
+    assert (first >= 4).all() and (first < 32 - 4 - 8).all()
+    again = box_mask(3, size=32, box=8, margin=4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(m, again.mask)
+    R = random_mask(2, size=16, fraction=0.9, generator=torch.Generator().manual_seed(1))
+    assert ((1 - R.mask).sum(dim=(1, 2, 3)) == int(0.9 * 256)).all()
+    assert not torch.equal(R.mask[0], R.mask[1])
+    with pytest.raises(ValueError, match="does not fit"):
+        box_mask(1, size=32, box=30, margin=4)
+    with pytest.raises(ValueError, match="fraction"):
+        random_mask(1, fraction=1.0)

@@ -1,0 +1,85 @@
+r"""Blur: a per-channel convolution with reflect padding ("same" output size).
+
+.. math:: A x = k \star \mathrm{pad}_R(x), \quad
+    A^T y = \mathrm{pad}_R^T (k \star^T y)
+
+with :math:`\star` the cross-correlation of `torch.nn.functional.conv2d` (the kernel applied to
+every channel alike), :math:`\star^T` its adjoint (the transposed convolution) and
+:math:`\mathrm{pad}_R^T` the adjoint of reflect padding, which adds each padded entry back onto
+the pixel it reflects. Kernels: :func:`gaussian_kernel` (the benchmark's Gaussian deblurring,
+size 61, std 3) or any :math:`(k, k)` tensor, such as a motion-blur kernel.
+"""
+
+__all__ = ["Blur", "gaussian_kernel"]
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import LinearOperator
+
+
+def gaussian_kernel(size: int, std: float, dtype: torch.dtype = torch.float32) -> Tensor:
+    r"""Returns the normalized :math:`(k, k)` Gaussian kernel
+    :math:`\propto \exp(-(i^2 + j^2) / 2 s^2)`, :math:`i, j \in [-(k-1)/2, (k-1)/2]`."""
+    if not isinstance(size, int) or size < 1 or size % 2 == 0:
+        raise ValueError(f"size must be a positive odd integer, got {size!r}")
+    if not std > 0:
+        raise ValueError(f"std must be positive, got {std}")
+    i = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(i**2) / (2 * std**2))
+    k = g[:, None] * g[None, :]
+    return (k / k.sum()).to(dtype)
+
+
+def _reflect_index(n: int, p: int, device) -> Tensor:
+    r"""For each of the :math:`n + 2p` padded positions, the source position in :math:`[0, n)`."""
+    k = torch.arange(-p, n + p, device=device).abs()
+    return torch.where(k >= n, 2 * (n - 1) - k, k)
+
+
+class Blur(LinearOperator):
+    r"""Creates a blur operator on images :math:`(B, C, H, W)`.
+
+    Arguments:
+        kernel: The kernel, with shape :math:`(k, k)`, :math:`k` odd.
+    """
+
+    def __init__(self, kernel: Tensor):
+        if kernel.ndim != 2 or kernel.shape[0] != kernel.shape[1] or kernel.shape[0] % 2 == 0:
+            raise ValueError(
+                f"kernel must have shape (k, k) with k odd, got {tuple(kernel.shape)}"
+            )
+        self.kernel = kernel
+        self.pad = kernel.shape[0] // 2
+
+    def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(in_shape) != 4:
+            raise ValueError(f"Blur takes images (B, C, H, W), got shape {tuple(in_shape)}")
+        if min(in_shape[2:]) <= self.pad:
+            raise ValueError(
+                f"reflect padding by {self.pad} needs H and W > {self.pad}, got {tuple(in_shape)}"
+            )
+        return tuple(in_shape)
+
+    def _weight(self, x: Tensor) -> Tensor:
+        C = x.shape[1]
+        return self.kernel.to(dtype=x.dtype, device=x.device).expand(C, 1, *self.kernel.shape)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        self.out_shape(tuple(x.shape))
+        padded = F.pad(x, (self.pad,) * 4, mode="reflect")
+        return F.conv2d(padded, self._weight(x), groups=x.shape[1])
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        self.out_shape(tuple(y.shape))
+        g = F.conv_transpose2d(y, self._weight(y), groups=y.shape[1])  # (B, C, H + 2p, W + 2p)
+        B, C, H, W = y.shape
+        # the adjoint of reflect padding: each padded entry goes back onto its source pixel
+        cols = y.new_zeros((B, C, H + 2 * self.pad, W))
+        cols.index_add_(-1, _reflect_index(W, self.pad, y.device), g)
+        out = y.new_zeros((B, C, H, W))
+        return out.index_add_(-2, _reflect_index(H, self.pad, y.device), cols)
+
+    def __repr__(self) -> str:
+        return f"Blur(kernel={tuple(self.kernel.shape)})"
