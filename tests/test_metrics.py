@@ -53,3 +53,24 @@ def test_score_is_clamped_and_bad_method():
         ot_cost(u, u, "wasserstein")
     with pytest.raises(ValueError, match="expected u"):
         ot_cost(u, u[:, :2])
+
+
+def test_psnr_and_ssim_closed_forms():
+    from emdm.metrics import psnr, ssim, to_unit
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand((2, 3, 16, 16), generator=g, dtype=torch.float64)
+    # PSNR: 10 log10(1 / MSE), a constant offset of 0.1 has MSE 0.01: 20 dB
+    torch.testing.assert_close(psnr(x, x + 0.1), torch.full((2,), 20.0, dtype=torch.float64))
+    torch.testing.assert_close(ssim(x, x), torch.ones(2, dtype=torch.float64))
+    # constant images a, b: the structure term is 1, SSIM = (2ab + C1) / (a² + b² + C1)
+    a, b, c1 = 0.2, 0.6, 0.01**2
+    s = ssim(torch.full((1, 1, 12, 12), a, dtype=torch.float64),
+             torch.full((1, 1, 12, 12), b, dtype=torch.float64))  # fmt: skip
+    torch.testing.assert_close(s, torch.tensor([(2 * a * b + c1) / (a**2 + b**2 + c1)],
+                                               dtype=torch.float64))  # fmt: skip
+    noisy = (x + 0.2 * torch.randn(x.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    assert (ssim(x, noisy) < 0.9).all() and (psnr(x, noisy) < 20).all()
+    torch.testing.assert_close(to_unit(torch.tensor([-2.0, 0.0, 1.0])), torch.tensor([0, 0.5, 1]))
+    with pytest.raises(ValueError, match="one shape"):
+        psnr(x, x[:1])

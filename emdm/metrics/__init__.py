@@ -1,5 +1,6 @@
 r"""Metrics between sample sets."""
 
+from .image import psnr, ssim, to_unit
 from .ot import METHODS, ot_cost, ot_score
 
-__all__ = ["METHODS", "ot_cost", "ot_score"]
+__all__ = ["METHODS", "ot_cost", "ot_score", "psnr", "ssim", "to_unit"]
