@@ -120,3 +120,17 @@ def test_inpainting_masks():
         box_mask(1, size=32, box=30, margin=4)
     with pytest.raises(ValueError, match="fraction"):
         random_mask(1, fraction=1.0)
+
+
+def test_downsample_adjoint_and_averages(gen):
+    from emdm.operators import Downsample
+
+    A = Downsample(4)
+    x = torch.randn((2, 3, 8, 12), generator=gen, dtype=torch.float64)
+    u = torch.randn((2, 3, 2, 3), generator=gen, dtype=torch.float64)
+    assert A.out_shape(tuple(x.shape)) == (2, 3, 2, 3)
+    torch.testing.assert_close((A(x) * u).sum(), (x * A.T(u)).sum())
+    torch.testing.assert_close(A.T(u), AutogradAdjoint(A, x)(u))
+    torch.testing.assert_close(A(x)[0, 0, 1, 2], x[0, 0, 4:8, 8:12].mean())
+    with pytest.raises(ValueError, match="multiples of 4"):
+        A(torch.ones(1, 1, 6, 8))

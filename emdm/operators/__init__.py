@@ -6,11 +6,13 @@ from .dense import DenseOperator
 from .inpainting import box_mask, random_mask
 from .mask import MaskOperator
 from .mri import MRIOperator
+from .resize import Downsample
 
 __all__ = [
     "AutogradAdjoint",
     "Blur",
     "DenseOperator",
+    "Downsample",
     "Identity",
     "LinearOperator",
     "MRIOperator",
