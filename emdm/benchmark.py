@@ -1,0 +1,128 @@
+r"""The posterior-sampling benchmark (the paper's Appendix E, Tables 4 and 5) at quick scale,
+with exact answers.
+
+The prior is an isotropic Gaussian mixture on small grey images, its component means drawn
+from seeded synthetic shapes (:func:`shape_mixture`), so that its denoiser, and the posterior
+of every task, are closed-form (:class:`emdm.MixtureDenoiser`): each method's samples can be
+compared with the exact posterior, not only with the truth. The tasks mirror the paper's four
+at small size (:data:`TASKS`), every method runs on :class:`emdm.VPDDIM` (:math:`\eta = 1`),
+and :func:`method` builds each posterior denoiser with the benchmark's settings
+(protocols §6.3): DPS (:math:`\zeta = 0.5`), ΠGDM, TMPD, DiffPIR (:math:`\lambda = 8`) with 5
+GMRES iterations, MMPS with 1, 3 or 5.
+"""
+
+__all__ = ["METHODS", "TASKS", "Task", "dense_matrix", "method", "shape_mixture", "task"]
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .baselines import BASELINES
+from .denoisers import MixtureDenoiser
+from .mmps import MMPS
+from .operators import Blur, Downsample, box_mask, gaussian_kernel, random_mask
+
+METHODS = ("dps", "pgdm", "tmpd", "diffpir", "mmps1", "mmps3", "mmps5")
+
+
+def shape_mixture(
+    components: int, size: int, std: float, generator: torch.Generator
+) -> MixtureDenoiser:
+    r"""A mixture of `components` isotropic Gaussians (standard deviation `std`) on
+    :math:`(1, H, W)` images in :math:`[-1, 1]`, each mean a dark background with one to three
+    bright discs or rectangles at random places."""
+    grid = torch.arange(size, dtype=torch.float64)
+    ii, jj = torch.meshgrid(grid, grid, indexing="ij")
+    means = torch.full((components, size, size), -0.8, dtype=torch.float64)
+    for k in range(components):
+        for _ in range(int(torch.randint(1, 4, (), generator=generator))):
+            c = torch.rand(2, generator=generator, dtype=torch.float64) * size
+            r = (0.1 + 0.2 * torch.rand((), generator=generator, dtype=torch.float64)) * size
+            level = 0.8 * torch.rand((), generator=generator, dtype=torch.float64) + 0.2
+            if torch.rand((), generator=generator) < 0.5:
+                inside = (ii - c[0]) ** 2 + (jj - c[1]) ** 2 < r**2
+            else:
+                inside = ((ii - c[0]).abs() < r) & ((jj - c[1]).abs() < 0.6 * r)
+            means[k][inside] = level
+    return MixtureDenoiser(means.flatten(1).float(), std)
+
+
+@dataclasses.dataclass
+class Task:
+    r"""An inverse problem: its operator for a batch, and its noise level :math:`\sigma_y`."""
+
+    name: str
+    sigma_y: float
+    operator: Callable[[int, int, torch.Generator], Callable]  # (batch, size, generator) -> A
+
+
+def _box(batch, size, generator):
+    return box_mask(batch, size, box=size // 2, margin=size // 16, generator=generator)
+
+
+def _random(batch, size, generator):
+    return random_mask(batch, size, fraction=0.98, generator=generator)
+
+
+def _blur(batch, size, generator):
+    return Blur(gaussian_kernel(7, 1.5))
+
+
+def _sr(batch, size, generator):
+    return Downsample(4)
+
+
+#: The quick tasks and the paper's noise levels: box inpainting (a box of half the side, with
+#: the paper's margin ratio, σ_y = 1), random inpainting (98 % of pixels deleted, 0.01),
+#: Gaussian deblurring (kernel 7, std 1.5, 0.1; the paper's motion blur needs its kernel
+#: generator) and x4 super-resolution (block averaging, 0.1; the paper's is bicubic).
+TASKS = {
+    "box": Task("box", 1.0, _box),
+    "random": Task("random", 0.01, _random),
+    "blur": Task("blur", 0.1, _blur),
+    "sr4": Task("sr4", 0.1, _sr),
+}
+
+
+def task(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"task must be one of {tuple(TASKS)}, got {name!r}")
+    return TASKS[name]
+
+
+def dense_matrix(A: Callable, size: int) -> Tensor:
+    r"""The matrix :math:`(M, D)` of an operator on :math:`(1, 1, H, W)` images (one sample),
+    column :math:`d` being :math:`A e_d`."""
+    D = size * size
+    basis = torch.eye(D, dtype=torch.float64).reshape(D, 1, size, size)
+    return A(basis).reshape(D, -1).T
+
+
+def method(name: str, prior, A, y: Tensor, cov_y: float):
+    r"""The posterior denoiser `name` (one of :data:`METHODS`) with the benchmark's settings."""
+    if name.startswith("mmps"):
+        k = int(name[4:])
+        return MMPS(prior, A, y, cov_y, iterations=k, solver="gmres", check=False)
+    if name not in BASELINES:
+        raise ValueError(f"method must be one of {METHODS}, got {name!r}")
+    return BASELINES[name](prior, A, y, cov_y)
+
+
+def vjps_per_call(name: str) -> int:
+    r"""Network VJPs per denoiser call: DPS 1, ΠGDM 1, TMPD 2, DiffPIR 0, MMPS k + 1."""
+    if name.startswith("mmps"):
+        return int(name[4:]) + 1
+    return BASELINES[name].vjps
+
+
+def component_masses(x: Tensor, means: Tensor) -> Tensor:
+    r"""The fraction of samples :math:`(S, D)` nearest to each mean :math:`(K, D)`."""
+    nearest = torch.cdist(x.double(), means.double()).argmin(1)
+    return torch.bincount(nearest, minlength=len(means)).double() / len(x)
+
+
+def rmse(x: Tensor, y: Tensor) -> float:
+    return math.sqrt(float((x.double() - y.double()).square().mean()))
