@@ -65,7 +65,7 @@ class Table4Config:
                 raise ValueError(f"methods must be among {METHODS}, got {name!r}")
 
 
-QUICK = Table4Config(images=8, samples=16, size=32, steps=(10, 100), scale="quick",
+QUICK = Table4Config(images=8, samples=8, size=32, steps=(10, 100), scale="quick",
                      name="table4_quick")  # fmt: skip
 PAPER = Table4Config()
 
