@@ -9,7 +9,7 @@ RMSE of its sample mean to the exact posterior mean, the total-variation distanc
 mass its samples put on each mixture component and the exact masses, and the debiased exact-OT
 score of its samples against exact posterior samples.
 
-    python reproduce/table4.py --quick       # about MINUTES min on 2 CPU cores
+    python reproduce/table4.py --quick       # about 2.5 min on 2 CPU cores
 
 The paper configuration (the DPS FFHQ checkpoint, 100 FFHQ images, LPIPS) needs the ADM U-Net,
 which is not built yet; it stops with that message. Writes results/table4_quick.{csv,json}.

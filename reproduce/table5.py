@@ -7,7 +7,7 @@ per step after a warm-up run (CPU here; on CUDA with synchronisation), and peak 
 `max_memory_allocated`, on the CPU the growth of the process's peak resident set over the run,
 each measurement in a fresh process so that one method's peak does not hide another's.
 
-    python reproduce/table5.py --quick       # about MINUTES min on 2 CPU cores
+    python reproduce/table5.py --quick       # about 1.5 min on 2 CPU cores
 
 The paper configuration (the ADM U-Net on FFHQ 256², on a GPU) is not built yet and stops with
 that message. Writes results/table5_quick.{csv,json}.
