@@ -134,3 +134,19 @@ def test_downsample_adjoint_and_averages(gen):
     torch.testing.assert_close(A(x)[0, 0, 1, 2], x[0, 0, 4:8, 8:12].mean())
     with pytest.raises(ValueError, match="multiples of 4"):
         A(torch.ones(1, 1, 6, 8))
+
+
+def test_bicubic_matches_torch_antialiased_interpolate(gen):
+    import torch.nn.functional as F
+
+    from emdm.operators import Bicubic
+
+    A = Bicubic(4)
+    x = torch.randn((2, 3, 32, 24), generator=gen, dtype=torch.float64)
+    expected = F.interpolate(x, size=(8, 6), mode="bicubic", antialias=True, align_corners=False)
+    torch.testing.assert_close(A(x), expected)
+    u = torch.randn((2, 3, 8, 6), generator=gen, dtype=torch.float64)
+    torch.testing.assert_close((A(x) * u).sum(), (x * A.T(u)).sum())
+    torch.testing.assert_close(A.T(u), AutogradAdjoint(A, x)(u))
+    const = torch.full((1, 1, 16, 16), 0.3, dtype=torch.float64)
+    torch.testing.assert_close(A(const), torch.full((1, 1, 4, 4), 0.3, dtype=torch.float64))

@@ -6,10 +6,11 @@ from .dense import DenseOperator
 from .inpainting import box_mask, random_mask
 from .mask import MaskOperator
 from .mri import MRIOperator
-from .resize import Downsample
+from .resize import Bicubic, Downsample
 
 __all__ = [
     "AutogradAdjoint",
+    "Bicubic",
     "Blur",
     "DenseOperator",
     "Downsample",
