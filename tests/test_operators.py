@@ -150,3 +150,31 @@ def test_bicubic_matches_torch_antialiased_interpolate(gen):
     torch.testing.assert_close(A.T(u), AutogradAdjoint(A, x)(u))
     const = torch.full((1, 1, 16, 16), 0.3, dtype=torch.float64)
     torch.testing.assert_close(A(const), torch.full((1, 1, 4, 4), 0.3, dtype=torch.float64))
+
+
+def test_motion_kernel():
+    from emdm.operators import motion_kernel
+
+    k = motion_kernel(61, 0.5, torch.Generator().manual_seed(0), torch.float64)
+    assert k.shape == (61, 61) and (k >= 0).all()
+    torch.testing.assert_close(k.sum(), torch.tensor(1.0, dtype=torch.float64))
+    assert torch.equal(k, motion_kernel(61, 0.5, torch.Generator().manual_seed(0), torch.float64))
+    assert not torch.equal(
+        k, motion_kernel(61, 0.5, torch.Generator().manual_seed(1), torch.float64)
+    )
+
+    def spread(kernel):  # the eigenvalues of the mass's second-moment matrix
+        i = torch.arange(kernel.shape[0], dtype=torch.float64)
+        ii, jj = torch.meshgrid(i, i, indexing="ij")
+        pts = torch.stack([ii.flatten(), jj.flatten()], 1)
+        w = kernel.flatten()
+        mean = w @ pts
+        c = (pts - mean).T @ ((pts - mean) * w[:, None])
+        return torch.linalg.eigvalsh(c)
+
+    line = spread(motion_kernel(61, 0.0, torch.Generator().manual_seed(2), torch.float64))
+    assert line[0] < 0.25 and line[1] > 10  # a segment: one thin direction (bilinear: ~1/6)
+    curve = spread(motion_kernel(61, 1.0, torch.Generator().manual_seed(2), torch.float64))
+    assert curve[0] > 1  # a curved path fills both directions
+    with pytest.raises(ValueError, match="odd integer"):
+        motion_kernel(60)

@@ -1,7 +1,7 @@
 r"""Linear operators :math:`x \mapsto A x` with explicit adjoints :math:`A^T`."""
 
 from .base import AutogradAdjoint, Identity, LinearOperator, transpose
-from .blur import Blur, gaussian_kernel
+from .blur import Blur, gaussian_kernel, motion_kernel
 from .dense import DenseOperator
 from .inpainting import box_mask, random_mask
 from .mask import MaskOperator
@@ -20,6 +20,7 @@ __all__ = [
     "MaskOperator",
     "box_mask",
     "gaussian_kernel",
+    "motion_kernel",
     "random_mask",
     "transpose",
 ]

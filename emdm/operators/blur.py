@@ -7,10 +7,13 @@ with :math:`\star` the cross-correlation of `torch.nn.functional.conv2d` (the ke
 every channel alike), :math:`\star^T` its adjoint (the transposed convolution) and
 :math:`\mathrm{pad}_R^T` the adjoint of reflect padding, which adds each padded entry back onto
 the pixel it reflects. Kernels: :func:`gaussian_kernel` (the benchmark's Gaussian deblurring,
-size 61, std 3) or any :math:`(k, k)` tensor, such as a motion-blur kernel.
+size 61, std 3), :func:`motion_kernel` (a seeded random camera-shake trajectory, the
+benchmark's motion deblurring at size 61 and intensity 0.5) or any :math:`(k, k)` tensor.
 """
 
-__all__ = ["Blur", "gaussian_kernel"]
+__all__ = ["Blur", "gaussian_kernel", "motion_kernel"]
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +33,41 @@ def gaussian_kernel(size: int, std: float, dtype: torch.dtype = torch.float32) -
     g = torch.exp(-(i**2) / (2 * std**2))
     k = g[:, None] * g[None, :]
     return (k / k.sum()).to(dtype)
+
+
+def motion_kernel(
+    size: int = 61,
+    intensity: float = 0.5,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    r"""Returns a normalized :math:`(k, k)` motion-blur kernel: the path of a random walk whose
+    heading drifts by Gaussian increments of scale :math:`\pi \cdot` `intensity` per unit of
+    length, rescaled to span up to the kernel (longer paths at higher intensity), centred,
+    and splatted bilinearly. `intensity = 0` gives a straight segment. This follows the idea
+    of the benchmark's kernel generator (a random trajectory with an intensity), not its code:
+    the kernels differ draw by draw.
+    """
+    if not isinstance(size, int) or size < 3 or size % 2 == 0:
+        raise ValueError(f"size must be an odd integer >= 3, got {size!r}")
+    if not 0 <= intensity <= 1:
+        raise ValueError(f"intensity must be in [0, 1], got {intensity}")
+    steps = 4 * size
+    heading = 2 * math.pi * torch.rand((), generator=generator, dtype=torch.float64)
+    turns = torch.randn(steps, generator=generator, dtype=torch.float64)
+    angles = heading + math.pi * intensity * torch.cumsum(turns, 0) / math.sqrt(steps)
+    path = torch.cumsum(torch.stack([angles.cos(), angles.sin()], dim=1), 0)  # (steps, 2)
+    path = path - path.mean(0)
+    length = (0.25 + 0.75 * intensity) * (size - 1) / 2  # the half-extent to fill
+    path = path * (length / path.abs().max().clamp_min(1e-12)) + (size - 1) / 2
+    kernel = torch.zeros(size, size, dtype=torch.float64)
+    lo = path.floor().long().clamp(0, size - 2)
+    w = path - lo  # bilinear weights
+    for di in (0, 1):
+        for dj in (0, 1):
+            weight = (w[:, 0] if di else 1 - w[:, 0]) * (w[:, 1] if dj else 1 - w[:, 1])
+            kernel.index_put_((lo[:, 0] + di, lo[:, 1] + dj), weight, accumulate=True)
+    return (kernel / kernel.sum()).to(dtype)
 
 
 def _reflect_index(n: int, p: int, device) -> Tensor:
