@@ -74,3 +74,47 @@ def test_psnr_and_ssim_closed_forms():
     torch.testing.assert_close(to_unit(torch.tensor([-2.0, 0.0, 1.0])), torch.tensor([0, 0.5, 1]))
     with pytest.raises(ValueError, match="one shape"):
         psnr(x, x[:1])
+
+
+def test_lpips_against_torchvision_alexnet(tmp_path, monkeypatch):
+    # random weights in the two files' formats; the metric is recomputed with torchvision
+    torchvision = pytest.importorskip("torchvision")
+    from emdm.metrics import LPIPS
+    from emdm.metrics.lpips import CHANNELS
+
+    torch.manual_seed(0)
+    alexnet = torchvision.models.alexnet(weights=None)
+    torch.save(alexnet.state_dict(), tmp_path / "alexnet.pth")
+    lin = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(CHANNELS)}
+    torch.save(lin, tmp_path / "alex.pth")
+    metric = LPIPS(tmp_path / "alexnet.pth", tmp_path / "alex.pth")
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand((2, 3, 64, 64), generator=g), torch.rand((2, 3, 64, 64), generator=g)
+
+    def reference(a, b):
+        mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+        std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+        ha, hb, total = (a - mean) / std, (b - mean) / std, 0
+        for i, layer in enumerate(alexnet.features[:12]):
+            ha, hb = layer(ha), layer(hb)
+            if isinstance(layer, torch.nn.ReLU):
+                k = [1, 4, 7, 9, 11].index(i)
+                na = ha / (ha.norm(dim=1, keepdim=True) + 1e-10)
+                nb = hb / (hb.norm(dim=1, keepdim=True) + 1e-10)
+                w = lin[f"lin{k}.model.1.weight"]
+                total = total + torch.nn.functional.conv2d((na - nb) ** 2, w).mean(dim=(1, 2, 3))
+        return total
+
+    with torch.no_grad():
+        torch.testing.assert_close(metric(x, y), reference(x, y), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(metric(x, x), torch.zeros(2))
+        torch.testing.assert_close(metric(x, y), metric(y, x))
+    # absent files: a clear error naming where to get them, never a download
+    monkeypatch.delenv("EMDM_LPIPS_LINEAR", raising=False)
+    with pytest.raises(FileNotFoundError, match="PerceptualSimilarity"):
+        LPIPS(tmp_path / "alexnet.pth", None)
+    with pytest.raises(FileNotFoundError, match="alexnet-owt"):
+        LPIPS(tmp_path / "nowhere.pth", tmp_path / "alex.pth")
+    torch.save({"lin0.model.1.weight": torch.rand(1, 3, 1, 1)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match=r"not LPIPS's alex\.pth"):
+        LPIPS(tmp_path / "alexnet.pth", tmp_path / "bad.pth")
