@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -57,3 +58,29 @@ def test_projections_and_observations():
     assert residual.std().item() == pytest.approx(0.01, rel=0.1)
     with pytest.raises(ValueError, match="expected x"):
         observe(x[:10], A, 0.01)
+
+
+def test_load_images(tmp_path):
+    from PIL import Image
+
+    from emdm.data import load_images
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "00001.png")
+    Image.fromarray(pixels[..., 0]).save(tmp_path / "00002.png")  # grey: converted to RGB
+    x = load_images(tmp_path, 8)
+    assert x.shape == (2, 3, 8, 8) and x.min() >= -1 and x.max() <= 1
+    np.testing.assert_allclose(x[0].permute(1, 2, 0).numpy(), pixels / 255 * 2 - 1, atol=1e-6)
+    assert load_images(tmp_path, 8, limit=1).shape[0] == 1
+    Image.fromarray(pixels[:4]).save(tmp_path / "00003.png")
+    with pytest.raises(ValueError, match=r"00003\.png is 8x4 pixels, expected 8x8"):
+        load_images(tmp_path, 8)
+    (tmp_path / "00003.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=r"00003\.png is not a readable image"):
+        load_images(tmp_path, 8)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no"):
+        load_images(tmp_path / "empty", 8)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_images(tmp_path / "missing", 8)

@@ -1,5 +1,6 @@
-r"""Data sets that the project generates."""
+r"""Data sets: those the project generates, and local image folders."""
 
+from .images import load_images
 from .manifold import RandomManifold, observe, random_projections
 
-__all__ = ["RandomManifold", "observe", "random_projections"]
+__all__ = ["RandomManifold", "load_images", "observe", "random_projections"]

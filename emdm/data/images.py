@@ -1,0 +1,49 @@
+r"""Image folders (e.g. the FFHQ test images of the posterior-sampling benchmark), read from a
+local path into :math:`[-1, 1]` tensors :math:`(N, 3, H, W)`, as the benchmark's
+`ToTensor` and `Normalize(0.5, 0.5)` do. Nothing is downloaded.
+"""
+
+__all__ = ["EXTENSIONS", "load_images"]
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+
+def load_images(folder: str | os.PathLike, size: int, limit: int | None = None) -> Tensor:
+    r"""Loads the first `limit` images (sorted by name) of `folder`, each RGB of exactly
+    `size` x `size` pixels, as a tensor :math:`(N, 3, size, size)` in :math:`[-1, 1]`.
+
+    Raises:
+        FileNotFoundError: The folder does not exist or holds no image file.
+        ValueError: A file is not a readable image or has the wrong size (naming it).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"image folder {folder} does not exist: put the test images ({size}x{size} RGB "
+            f"{'/'.join(EXTENSIONS)} files, e.g. the first 100 of FFHQ 256) there"
+        )
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTENSIONS)[:limit]
+    if not files:
+        raise FileNotFoundError(f"image folder {folder} holds no {'/'.join(EXTENSIONS)} file")
+    images = []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+        except (UnidentifiedImageError, OSError) as error:
+            raise ValueError(f"{path} is not a readable image: {error}") from None
+        if array.shape[:2] != (size, size):
+            raise ValueError(
+                f"{path} is {array.shape[1]}x{array.shape[0]} pixels, expected {size}x{size}"
+            )
+        images.append(torch.from_numpy(array).permute(2, 0, 1))
+    return torch.stack(images) * 2 - 1
