@@ -72,7 +72,40 @@ def test_table4_quick_tiny(tmp_path):
     frame = pd.read_csv(tmp_path / "table4_quick.csv")
     assert set(frame.metric) == {"psnr", "ssim", "mean_rmse", "mass_tv", "ot_score"}
     assert len(frame) == 2 * 2 * 5 and frame.value.notna().all()
-    assert table4.main(["--images", "1"]) == 2  # the paper configuration is not built yet
+    # the paper configuration stops before any work when a file is missing
+    assert table4.main(["--images", "1", "--image-dir", str(tmp_path / "none")]) == 2
+
+
+def test_table4_paper_path_on_tiny_files(tmp_path):
+    # the paper's protocol end to end, with a tiny ADM checkpoint, one 32 x 32 image and
+    # LPIPS weight files of random values in the real files' formats
+    import numpy as np
+    import torchvision
+    from PIL import Image
+
+    from emdm.metrics.lpips import CHANNELS
+    from emdm.nn.adm import ADMConfig, ADMUNet
+    from reproduce import table4
+
+    torch.manual_seed(0)
+    cfg = ADMConfig(image_size=32, model_channels=32, channel_mult=(1, 2), num_head_channels=16)
+    torch.save(ADMUNet(cfg).state_dict(), tmp_path / "adm.pt")
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), tmp_path / "alexnet.pth")
+    lin = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(CHANNELS)}
+    torch.save(lin, tmp_path / "alex.pth")
+    (tmp_path / "images").mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "images" / "00000.png")
+    argv = ["--images", "1", "--tasks", "box", "sr4", "--methods", "dps", "mmps1", "--steps",
+            "2", "--device", "cpu", "--checkpoint", str(tmp_path / "adm.pt"),
+            "--image-dir", str(tmp_path / "images"), "--lpips-alexnet",
+            str(tmp_path / "alexnet.pth"), "--lpips-linear", str(tmp_path / "alex.pth"),
+            "--adm-image-size", "32", "--adm-model-channels", "32", "--adm-channel-mult", "1",
+            "2", "--adm-num-head-channels", "16", "--quiet", "--out", str(tmp_path)]  # fmt: skip
+    assert table4.main(argv) == 0
+    frame = pd.read_csv(tmp_path / "table4.csv")
+    assert set(frame.metric) == {"psnr", "ssim", "lpips"} and len(frame) == 2 * 2 * 3
+    assert frame.value.notna().all()
 
 
 def test_table5_quick_tiny(tmp_path):
@@ -84,4 +117,21 @@ def test_table5_quick_tiny(tmp_path):
     frame = pd.read_csv(tmp_path / "table5_quick.csv")
     vjps = frame[frame.metric == "vjps_per_step"].set_index("method").value
     assert vjps.to_dict() == {"tmpd": 2.0, "mmps1": 2.0}
-    assert table5.main(["--batch", "2"]) == 2  # the paper configuration is not built yet
+    # the paper configuration stops before any work without its checkpoint
+    assert table5.main(["--device", "cpu", "--checkpoint", str(tmp_path / "none.pt")]) == 2
+
+
+def test_table5_paper_path_on_a_tiny_checkpoint(tmp_path):
+    from emdm.nn.adm import ADMConfig, ADMUNet
+    from reproduce import table5
+
+    cfg = ADMConfig(image_size=32, model_channels=32, channel_mult=(1, 2), num_head_channels=16)
+    torch.save(ADMUNet(cfg).state_dict(), tmp_path / "adm.pt")
+    argv = ["--device", "cpu", "--checkpoint", str(tmp_path / "adm.pt"), "--steps", "2",
+            "--methods", "pgdm", "mmps3", "--adm-image-size", "32", "--adm-model-channels",
+            "32", "--adm-channel-mult", "1", "2", "--adm-num-head-channels", "16", "--quiet",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert table5.main(argv) == 0
+    frame = pd.read_csv(tmp_path / "table5.csv")
+    vjps = frame[frame.metric == "vjps_per_step"].set_index("method").value
+    assert vjps.to_dict() == {"pgdm": 1.0, "mmps3": 4.0}
