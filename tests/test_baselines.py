@@ -169,3 +169,12 @@ def test_bad_input(problem):
         DPS(denoiser, DenseOperator(A), y, COV_Y)(x_t[:2], torch.ones(2, dtype=DT))
     with pytest.raises(ValueError, match="vector-Jacobian"):
         TMPD(lambda x, s: x.detach(), DenseOperator(A), y, COV_Y)(x_t, torch.ones(B, dtype=DT))
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_each_baseline_samples_finite_of_the_right_shape(problem, name):
+    denoiser, S, A, y, _ = problem
+    baseline = BASELINES[name](denoiser, DenseOperator(A), y, COV_Y)
+    x1 = torch.randn((B, D), generator=torch.Generator().manual_seed(0), dtype=DT)
+    x = VPDDIM(baseline, VPSchedule(), steps=20)(x1, torch.Generator().manual_seed(1))
+    assert x.shape == (B, D) and torch.isfinite(x).all()
