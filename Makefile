@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The main job: the manifold EM of Figure 3 at quick scale (about 15 min on 2 cores).
+# The main job: the manifold EM of Figure 3 at quick scale (about 13 min on 2 cores).
 # --resume: a second run continues (or re-reports) the first instead of refusing its folder.
 demo: $(STAMP)
 	$(VENV)/bin/python reproduce/fig3.py --quick --resume
