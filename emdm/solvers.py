@@ -35,7 +35,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from kernels.cg import batched_dot, cg_update_impl
+from kernels.cg import batched_dot, cg_iterations
 
 DOTS = ("sample", "batch")
 
@@ -114,17 +114,12 @@ def cg(
     rr = batched_dot(r, r, dot, acc)
     tol = rtol**2 * batched_dot(b, b, dot, acc)
     active = rr > tol  # neither solved nor frozen by the guard
-    nonpositive = torch.zeros_like(rr, dtype=torch.int64)
 
-    # the update after each product C p is one fused kernel on CUDA (kernels/cg.py), the
-    # eager reference elsewhere; both: an inactive sample keeps x and r, and p stays finite
-    update = cg_update_impl(provider, b)
-    for _ in range(iterations):
-        Cp = matvec(p)
-        x, r, p, rr, active, fired = update(x, r, p, Cp, rr, tol, active, dot=dot,
-                                            fired=return_info)  # fmt: skip
-        if return_info:
-            nonpositive += fired
+    # each update after the product C p is one fused kernel on CUDA (kernels/cg.py), the eager
+    # reference elsewhere; both: an inactive sample keeps x and r, and p stays finite
+    loop = cg_iterations(provider, b)
+    x, r, p, rr, active, nonpositive = loop(matvec, x, r, p, rr, tol, active, iterations,
+                                            dot=dot, count=return_info)  # fmt: skip
 
     if return_info:
         return x, CGInfo(nonpositive=nonpositive, residual=rr.sqrt())

@@ -35,8 +35,10 @@ References:
 __all__ = [
     "ROW_MAX",
     "batched_dot",
+    "cg_iterations",
+    "cg_iterations_reference",
+    "cg_iterations_triton",
     "cg_update",
-    "cg_update_impl",
     "cg_update_reference",
     "cg_update_triton",
 ]
@@ -97,6 +99,46 @@ def _zero(dtype: torch.dtype, device: torch.device) -> Tensor:
     return torch.zeros((), dtype=dtype, device=device)
 
 
+def cg_iterations_reference(
+    matvec: Callable[[Tensor], Tensor],
+    x: Tensor,
+    r: Tensor,
+    p: Tensor,
+    rr: Tensor,
+    tol: Tensor,
+    active: Tensor,
+    iterations: int,
+    *,
+    dot: str = "sample",
+    count: bool = False,
+) -> CGState:
+    r"""`iterations` eager CG iterations, each a product :math:`C p` and the update (the
+    oracle); the loop is here, not in the caller, so that the reference costs what the plain
+    eager loop costs. `rr`, `tol` and `active` have shape :math:`(B,)`, or :math:`()` for
+    `dot="batch"`; `rr` and `tol` are in the accumulation dtype. With `count`, the last field
+    counts, per sample, the iterations where the guard fired."""
+    acc = rr.dtype
+    zero, zero_x = torch.zeros_like(rr), _zero(x.dtype, x.device)
+    fired = torch.zeros_like(rr, dtype=torch.int64) if count else None
+    # Few, fused operations per iteration: at small sizes their count, not the arithmetic, is
+    # the cost (5 to 20 us each). An inactive sample has alpha = beta = 0 and a zeroed Cp, so x
+    # and r keep their values without extra masking and p stays finite (p = r).
+    for _ in range(iterations):
+        Cp = matvec(p)
+        pCp = batched_dot(p, Cp, dot, acc)
+        ok = active & (pCp > 0) & (pCp < torch.inf)
+        if count:
+            fired += active & ~ok
+        alpha = _expand(_cast(torch.where(ok, rr / pCp, zero), x.dtype), x)
+        x = torch.addcmul(x, alpha, p)
+        r = torch.addcmul(r, alpha, torch.where(_expand(ok, x), Cp, zero_x), value=-1)
+        rr_next = batched_dot(r, r, dot, acc)
+        beta = _expand(_cast(torch.where(ok, rr_next / rr, zero), x.dtype), x)
+        p = torch.addcmul(r, beta, p)
+        rr, active = rr_next, ok & (rr_next > tol)
+    return CGState(x, r, p, rr, active, fired)
+
+
 def cg_update_reference(
     x: Tensor,
     r: Tensor,
@@ -109,24 +151,11 @@ def cg_update_reference(
     dot: str = "sample",
     fired: bool = False,
 ) -> CGState:
-    r"""The eager iteration (the oracle). `rr`, `tol` and `active` have shape :math:`(B,)`, or
-    :math:`()` for `dot="batch"`; `rr` and `tol` are in the accumulation dtype."""
-    acc = rr.dtype
-    # Few, fused operations: at small sizes their count, not the arithmetic, is the cost
-    # (5 to 20 us each). An inactive sample has alpha = beta = 0 and a zeroed Cp, so x and r
-    # keep their values without extra masking and p stays finite (p = r).
-    pCp = batched_dot(p, Cp, dot, acc)
-    ok = active & (pCp > 0) & (pCp < torch.inf)
-    zero = _zero(acc, rr.device)
-    alpha = _expand(_cast(torch.where(ok, rr / pCp, zero), x.dtype), x)
-    x = torch.addcmul(x, alpha, p)
-    r = torch.addcmul(
-        r, alpha, torch.where(_expand(ok, x), Cp, _zero(x.dtype, x.device)), value=-1
-    )
-    rr_next = batched_dot(r, r, dot, acc)
-    beta = _expand(_cast(torch.where(ok, rr_next / rr, zero), x.dtype), x)
-    p = torch.addcmul(r, beta, p)
-    return CGState(x, r, p, rr_next, ok & (rr_next > tol), active & ~ok if fired else None)
+    r"""One eager update after the product `Cp` (:func:`cg_iterations_reference` with that
+    product); `fired` asks where the guard fired, as a boolean."""
+    out = cg_iterations_reference(lambda _: Cp, x, r, p, rr, tol, active, 1, dot=dot,
+                                  count=fired)  # fmt: skip
+    return out._replace(fired=out.fired.bool() if fired else None)
 
 
 # Triton kernels (defined only where Triton imports: it is optional at run time)
@@ -331,12 +360,35 @@ def cg_update_triton(
 # Dispatcher
 
 
-def cg_update_impl(provider: str | None, *tensors: Tensor) -> Callable[..., CGState]:
-    r"""Returns :func:`cg_update_triton` or :func:`cg_update_reference` for `tensors`, chosen
-    once, so that a solver's loop does not dispatch at every iteration."""
+def cg_iterations_triton(
+    matvec: Callable[[Tensor], Tensor],
+    x: Tensor,
+    r: Tensor,
+    p: Tensor,
+    rr: Tensor,
+    tol: Tensor,
+    active: Tensor,
+    iterations: int,
+    *,
+    dot: str = "sample",
+    count: bool = False,
+) -> CGState:
+    r"""`iterations` CG iterations with the Triton update (see :func:`cg_iterations_reference`)."""
+    fired = torch.zeros_like(rr, dtype=torch.int64) if count else None
+    for _ in range(iterations):
+        x, r, p, rr, active, f = cg_update_triton(x, r, p, matvec(p), rr, tol, active, dot=dot,
+                                                  fired=count)  # fmt: skip
+        if count:
+            fired += f
+    return CGState(x, r, p, rr, active, fired)
+
+
+def cg_iterations(provider: str | None, *tensors: Tensor) -> Callable[..., CGState]:
+    r"""Returns :func:`cg_iterations_triton` or :func:`cg_iterations_reference` for `tensors`
+    (`provider`, else `EMDM_KERNELS`), chosen once per solve."""
     if resolve(provider, *tensors) == "triton":
-        return cg_update_triton
-    return cg_update_reference
+        return cg_iterations_triton
+    return cg_iterations_reference
 
 
 def cg_update(
