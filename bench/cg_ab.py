@@ -4,7 +4,8 @@ The CG update moved into `kernels/cg.py` behind a dispatcher; on the CPU the ref
 which must cost no more than the eager loop it replaced. This loads `emdm/solvers.py` as it
 was at `--commit` (default: the last commit before the kernels; that file imports only torch)
 and times both, interleaved, on the systems MMPS solves (:math:`C = I + U U^T` applied as a
-matvec, per-sample dots, the guard count on, as MMPS calls it):
+matvec, per-sample dots, the guard count on, as MMPS calls it). A second copy of the old code is
+timed too: its ratio to the first (an A/A comparison) is the harness's own noise.
 
     python -m bench.cg_ab                 # writes results/bench/cg_ab_cpu.{csv,json}
 """
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    old_cg, start, rows = load_old_cg(cfg.commit), time.perf_counter(), []
+    old_cg, copy_cg = load_old_cg(cfg.commit), load_old_cg(cfg.commit)
+    start, rows = time.perf_counter(), []
     g = torch.Generator().manual_seed(0)
     for D in cfg.sizes:
         U = torch.randn(cfg.batch, D, 4, generator=g) / D**0.5
@@ -66,20 +68,23 @@ def main(argv: list[str] | None = None) -> int:
         for k in cfg.iterations:
             calls = {
                 "old": lambda k=k, b=b, mv=matvec: old_cg(mv, b, k, return_info=True),
+                "copy": lambda k=k, b=b, mv=matvec: copy_cg(mv, b, k, return_info=True),
                 "new": lambda k=k, b=b, mv=matvec: cg(mv, b, k, return_info=True),
             }
             times = {name: [] for name in calls}
             for r in range(cfg.rounds):
-                for name in list(calls)[:: 1 if r % 2 else -1]:  # alternate the order
+                names = list(calls)
+                for name in names[r % 3 :] + names[: r % 3]:  # rotate the order
                     times[name].append(median_ms(calls[name], "cpu", repeats=5, warmup=1)[0])
-            old, new = statistics.median(times["old"]), statistics.median(times["new"])
+            old, copy, new = (statistics.median(times[n]) for n in ("old", "copy", "new"))
             rows += [
                 {"D": D, "iterations": k, "commit": cfg.commit, "metric": "old_ms", "value": old},
                 {"D": D, "iterations": k, "commit": "HEAD", "metric": "new_ms", "value": new},
                 {"D": D, "iterations": k, "metric": "new_over_old", "value": new / old},
+                {"D": D, "iterations": k, "metric": "copy_over_old", "value": copy / old},
             ]
             print(f"D {D}, {k} iterations: {cfg.commit} {old:.3f} ms, now {new:.3f} ms, "
-                  f"ratio {new / old:.3f}")  # fmt: skip
+                  f"ratio {new / old:.3f} (A/A: {copy / old:.3f})")  # fmt: skip
     cfg.threads = torch.get_num_threads()
     write_results(cfg.name, rows, config_dict(cfg), wall_time=time.perf_counter() - start,
                   out_dir=cfg.out, quick=False, device="cpu")  # fmt: skip
