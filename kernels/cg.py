@@ -57,9 +57,10 @@ CHUNK = 4096  # elements per program on the split path
 
 
 class CGState(NamedTuple):
-    r"""The state after one iteration: `x`, `r`, `p` with shape :math:`(B, *)`; `rr` the new
-    :math:`\rho` and `active` (per sample :math:`(B,)`, or :math:`()` for batch dots); `fired`
-    where the guard fired this iteration (like `active`), or `None` if not asked."""
+    r"""The state after one or more iterations: `x`, `r`, `p` with shape :math:`(B, *)`; `rr`
+    the new :math:`\rho` and `active` (per sample :math:`(B,)`, or :math:`()` for batch dots);
+    `fired`, like `active`: where the guard fired (one update, a boolean) or how often (several
+    iterations, a count), or `None` if not asked."""
 
     x: Tensor
     r: Tensor
