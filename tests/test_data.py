@@ -84,3 +84,42 @@ def test_load_images(tmp_path):
         load_images(tmp_path / "empty", 8)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_images(tmp_path / "missing", 8)
+
+
+def write_fake_cifar(root, per_batch=4):
+    r"""A tiny `cifar-10-batches-py` in the real format (pickled dicts of uint8 rows)."""
+    import pickle
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": data, b"labels": [0] * per_batch}, f)
+    return folder
+
+
+def test_cifar_loader_and_observations(tmp_path, monkeypatch):
+    import pickle
+
+    from emdm.data import cifar_observations, load_cifar10
+
+    folder = write_fake_cifar(tmp_path)
+    x = load_cifar10(tmp_path)
+    assert x.shape == (20, 3, 32, 32) and x.min() >= -2 and x.max() < 2
+    with open(folder / "data_batch_1", "rb") as f:
+        first = pickle.load(f, encoding="bytes")[b"data"][0]
+    # channel-major rows: the first 1024 bytes are the red plane
+    np.testing.assert_allclose(x[0, 0].flatten().numpy(), first[:1024] / 64 - 2, atol=1e-6)
+    monkeypatch.setenv("EMDM_DATA", str(tmp_path))
+    assert load_cifar10(split="test").shape == (4, 3, 32, 32)
+    mask, y = cifar_observations(x, 75, torch.Generator().manual_seed(0))
+    assert mask.shape == (20, 1, 32, 32)
+    assert abs(mask.mean().item() - 0.25) < 0.02  # 75 % deleted in expectation
+    assert ((y - mask * x).abs() < 1e-2).all() and (y[mask.expand_as(y) == 0] != 0).any()
+    with pytest.raises(FileNotFoundError, match=r"cifar-10-python\.tar\.gz"):
+        load_cifar10(tmp_path / "nowhere")
+    (folder / "test_batch").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="is not a CIFAR-10 batch"):
+        load_cifar10(tmp_path, split="test")

@@ -118,3 +118,27 @@ def test_lpips_against_torchvision_alexnet(tmp_path, monkeypatch):
     torch.save({"lin0.model.1.weight": torch.rand(1, 3, 1, 1)}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match=r"not LPIPS's alex\.pth"):
         LPIPS(tmp_path / "alexnet.pth", tmp_path / "bad.pth")
+
+
+def test_frechet_distance_against_scipy_and_closed_forms():
+    import numpy as np
+    import scipy.linalg
+
+    from emdm.metrics import frechet_distance, gaussian_statistics
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn((500, 6), generator=g, dtype=torch.float64)
+    mix = torch.rand((6, 6), generator=g, dtype=torch.float64)
+    b = torch.randn((400, 6), generator=g, dtype=torch.float64) @ mix
+    mu1, s1 = gaussian_statistics(a)
+    mu2, s2 = gaussian_statistics(b + 1)
+    covmean = scipy.linalg.sqrtm(s1.numpy() @ s2.numpy()).real
+    expected = ((mu1 - mu2) ** 2).sum().item() + np.trace(s1.numpy() + s2.numpy() - 2 * covmean)
+    assert frechet_distance(mu1, s1, mu2, s2).item() == pytest.approx(expected, rel=1e-8)
+    # identical Gaussians: 0; a mean shift only: its squared norm
+    assert abs(frechet_distance(mu1, s1, mu1, s1).item()) < 1e-9
+    shift = torch.full((6,), 0.5, dtype=torch.float64)
+    torch.testing.assert_close(frechet_distance(mu1, s1, mu1 + shift, s1),
+                               torch.tensor(1.5, dtype=torch.float64))  # fmt: skip
+    with pytest.raises(ValueError, match="of one D"):
+        frechet_distance(mu1, s1, mu1[:3], s1[:3, :3])
