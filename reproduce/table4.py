@@ -22,7 +22,6 @@ A missing file stops the script before any work, naming it and where to get it. 
 results/table4[_quick].{csv,json}.
 """
 
-import copy
 import dataclasses
 import json
 import sys
@@ -31,22 +30,12 @@ import time
 import pandas as pd
 import torch
 
-from emdm import VPDDIM, VPSchedule
+from emdm import VPSchedule
 from emdm.baselines import EpsilonDenoiser
-from emdm.benchmark import (
-    METHODS,
-    component_masses,
-    dense_matrix,
-    method,
-    rmse,
-    run_images,
-    shape_mixture,
-    split,
-    task,
-)
+from emdm.benchmark import METHODS, run_images, run_mixture, shape_mixture, task
 from emdm.config import check_device, config_dict, parse_scaled
 from emdm.data import load_images
-from emdm.metrics import LPIPS, ot_score, psnr, ssim, to_unit
+from emdm.metrics import LPIPS
 from emdm.nn.adm import ADMConfig, load_adm
 from emdm.provenance import write_results
 
@@ -121,50 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if cfg.scale != "quick":
         return paper(cfg)
-    start, rows = time.perf_counter(), []
+    start = time.perf_counter()
     g = torch.Generator().manual_seed(cfg.seed)
     prior = shape_mixture(cfg.components, cfg.size, cfg.std, g)
-    prior64 = copy.deepcopy(prior).double()  # for the exact posteriors
-    shape = (1, cfg.size, cfg.size)
-    truth = prior.sample(cfg.images, generator=g).reshape(cfg.images, *shape)
-    S = cfg.samples
-    for name in cfg.tasks:
-        T = task(name)
-        A = T.operator(cfg.images, cfg.size, g)
-        y = A(truth)
-        y = y + T.sigma_y * torch.randn(y.shape, generator=g)
-        exact, means, masses = [], [], []
-        for i in range(cfg.images):  # the exact posterior of each image, a Gaussian mixture
-            A_i = dense_matrix(split(A, i, S)[0], cfg.size)[None]
-            post = prior64.posterior(A_i, y[i].flatten()[None].double(), T.sigma_y**2)
-            exact.append(post.sample(2 * S, generator=g)[0])  # (2S, D)
-            means.append(post.mean()[0])
-            masses.append(post.log_weights[0].exp())
-        A_rep, y_rep = split(A, 0, S)[1], y.repeat_interleave(S, 0)
-        for steps in cfg.steps:
-            for m in cfg.methods:
-                denoiser = method(m, prior, A_rep, y_rep, T.sigma_y**2)
-                gen = torch.Generator().manual_seed(cfg.seed + steps)
-                x1 = torch.randn((cfg.images * S, *shape), generator=gen)
-                x = VPDDIM(denoiser, VPSchedule(), steps=steps, eta=cfg.eta)(x1, gen)
-                for i in range(cfg.images):
-                    xi = x[i * S : (i + 1) * S]
-                    flat, t = xi.flatten(1), truth[i : i + 1].expand_as(xi)
-                    tv = 0.5 * (component_masses(flat, prior.means) - masses[i]).abs().sum()
-                    ot = ot_score(exact[i][:S], exact[i][S:], flat.double())
-                    values = {
-                        "psnr": psnr(to_unit(xi), to_unit(t)).mean().item(),
-                        "ssim": ssim(to_unit(xi), to_unit(t)).mean().item(),
-                        "mean_rmse": rmse(flat.mean(0), means[i]),
-                        "mass_tv": tv.item(),
-                        "ot_score": float(ot),
-                    }
-                    rows += [
-                        {"task": name, "steps": steps, "method": m, "image": i, "metric": k,
-                         "value": v} for k, v in values.items()
-                    ]  # fmt: skip
-        if not cfg.quiet:
-            print(f"task {name} done ({time.perf_counter() - start:.0f} s)")
+    truth = prior.sample(cfg.images, generator=g).reshape(cfg.images, 1, cfg.size, cfg.size)
+    rows = run_mixture(prior, truth, cfg.tasks, cfg.methods, cfg.steps, cfg.samples, g,
+                       cfg.seed, cfg.eta, log=None if cfg.quiet else print)  # fmt: skip
     csv, _ = write_results(cfg.name, rows, config_dict(cfg), wall_time=time.perf_counter() - start,
                            out_dir=cfg.out, quick=True, device="cpu")  # fmt: skip
     if not cfg.quiet:
