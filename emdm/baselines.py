@@ -51,14 +51,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .denoisers.base import broadcast_sigma
+from .denoisers.base import broadcast_sigma, per_sample
 from .operators.base import transpose
 from .schedule import VPSchedule
 from .solvers import gmres
-
-
-def _bcast(s: Tensor, like: Tensor) -> Tensor:
-    return s.reshape(s.shape + (1,) * (like.ndim - 1))
 
 
 class Guidance(ABC):
@@ -165,10 +161,10 @@ class PGDM(_Solved):
 
     def parts(self, x_t: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
         x_t, x_hat, sigma = self._forward(x_t, sigma)
-        s2 = _bcast(sigma**2, x_hat)
+        s2 = per_sample(sigma**2, x_hat)
         A, A_T = self.A, transpose(self.A, x_hat)
         r = self.y - A(x_hat.detach())
-        r_t2 = _bcast(sigma**2 / (1 + sigma**2), r)  # 1 - ᾱ_t
+        r_t2 = per_sample(sigma**2 / (1 + sigma**2), r)  # 1 - ᾱ_t
         v = self._solve(lambda u: self.cov_y * u + r_t2 * A(A_T(u)), r)
         (g,) = torch.autograd.grad(x_hat, x_t, A_T(v))
         return x_hat.detach(), s2 * g
@@ -187,7 +183,7 @@ class TMPD(_Solved):
 
     def parts(self, x_t: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
         x_t, x_hat, sigma = self._forward(x_t, sigma)
-        s2 = _bcast(sigma**2, x_hat)
+        s2 = per_sample(sigma**2, x_hat)
         (row_sums,) = torch.autograd.grad(x_hat, x_t, torch.ones_like(x_hat), retain_graph=True)
         d = s2 * row_sums
         A, A_T = self.A, transpose(self.A, x_hat)
@@ -218,7 +214,7 @@ class DiffPIR(_Solved):
         _, x_hat, sigma = self._forward(x_t, sigma, grad=False)
         x_hat = x_hat.detach()
         A, A_T = self.A, transpose(self.A, x_hat)
-        w = _bcast(sigma**2 / (self.lam * self.cov_y), x_hat)  # ρ / σ_y²
+        w = per_sample(sigma**2 / (self.lam * self.cov_y), x_hat)  # ρ / σ_y²
         rhs = w * A_T(self.y - A(x_hat))
         delta = self._solve(lambda u: u + w * A_T(A(u)), rhs)
         return x_hat, delta
@@ -253,7 +249,7 @@ class EpsilonDenoiser(nn.Module):
 
     def forward(self, x_t: Tensor, sigma: Tensor) -> Tensor:
         sigma = broadcast_sigma(sigma, x_t)
-        s = _bcast(sigma, x_t)
+        s = per_sample(sigma, x_t)
         n = self.schedule.timestep(sigma.detach()).to(x_t.dtype)
         eps = self.network(x_t / (1 + s**2).sqrt(), n)[:, : x_t.shape[1]]
         x_hat = x_t - s * eps

@@ -40,7 +40,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .denoisers.base import broadcast_sigma
+from .denoisers.base import broadcast_sigma, per_sample
 from .denoisers.gaussian import posterior_covariance
 from .dplr import DPLR
 from .operators.base import transpose
@@ -213,9 +213,9 @@ class MMPS:
         r"""Returns the explicit :math:`u \mapsto V_t u` of a heuristic covariance."""
         s2 = sigma**2
         if self.covariance == "sigma_t":
-            return lambda u: _bcast(s2, u) * u
+            return lambda u: per_sample(s2, u) * u
         if self.covariance == "identity":
-            return lambda u: _bcast(s2 / (1 + s2), u) * u
+            return lambda u: per_sample(s2 / (1 + s2), u) * u
         V = posterior_covariance(self.covariance.to(sigma.dtype), sigma)
         return lambda u: (V @ u.flatten(1)).reshape(u.shape)
 
@@ -248,7 +248,7 @@ class MMPS:
                 f"but y has shape {tuple(self.y.shape)}"
             )
         r = self.y.to(y_hat.dtype) - y_hat
-        s2 = _bcast(sigma**2, x_hat)
+        s2 = per_sample(sigma**2, x_hat)
 
         def vjp(u: Tensor, retain: bool = True) -> Tensor:
             (out,) = torch.autograd.grad(x_hat, x_t, u, retain_graph=retain)
@@ -268,13 +268,11 @@ class MMPS:
             def matvec(v: Tensor) -> Tensor:
                 return self._cov_y(v) + A(V(A_T(v)))
 
+        acc = self.accumulate or torch.float64
         if self.solver == "dense":
-            acc = self.accumulate or torch.float64
             v, info = dense_solve(matvec, r, self.floor, accumulate=acc, return_info=True)
-        elif self.solver == "gmres":
-            acc = self.accumulate or torch.float64
-            v = gmres(matvec, r, self.iterations, dot=self.dot, accumulate=acc)
-            return (x_hat + s2 * vjp(A_T(v), retain=False)).detach()
+        elif self.solver == "gmres":  # no guard to count: it does not assume symmetry
+            v, info = gmres(matvec, r, self.iterations, dot=self.dot, accumulate=acc), None
         else:
             v, info = cg(
                 matvec,
@@ -285,7 +283,8 @@ class MMPS:
                 rtol=self.rtol,
                 return_info=True,
             )
-        self.nonpositive = self.nonpositive + info.nonpositive.sum()
+        if info is not None:
+            self.nonpositive = self.nonpositive + info.nonpositive.sum()
         return (x_hat + s2 * vjp(A_T(v), retain=False)).detach()
 
     def __repr__(self) -> str:
@@ -294,10 +293,6 @@ class MMPS:
         if self.solver != "dense":
             solver = f"solver={self.solver}, iterations={self.iterations}"
         return f"MMPS(A={self.A!r}, covariance={cov}, {solver})"
-
-
-def _bcast(s: Tensor, like: Tensor) -> Tensor:
-    return s.reshape(s.shape + (1,) * (like.ndim - 1))
 
 
 def _smallest_eigenvalue(cov_y: Tensor | DPLR, y: Tensor) -> Tensor:

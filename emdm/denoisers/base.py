@@ -10,7 +10,7 @@ as a callable `denoiser(x_t, sigma)` with `x_t` of shape :math:`(B, *)` and `sig
 :math:`\mathbb{V}[x \mid x_t] = \sigma^2 \, \partial d / \partial x_t`.
 """
 
-__all__ = ["Denoiser", "broadcast_sigma"]
+__all__ = ["Denoiser", "broadcast_sigma", "per_sample"]
 
 from typing import Protocol
 
@@ -41,3 +41,9 @@ def broadcast_sigma(sigma: Tensor | float, x_t: Tensor, check: bool = True) -> T
     if check and not bool(torch.all(sigma > 0)):
         raise ValueError(f"sigma must be positive, got min {sigma.min().item():g}")
     return sigma
+
+
+def per_sample(s: Tensor, like: Tensor) -> Tensor:
+    r"""Reshapes per-sample scalars :math:`(B,)` to :math:`(B, 1, \dots, 1)`, to broadcast
+    against `like` of shape :math:`(B, *)`."""
+    return s.reshape(s.shape + (1,) * (like.ndim - 1))

@@ -17,7 +17,7 @@ __all__ = ["EDMDenoiser"]
 from torch import Tensor, nn
 
 from ..nn.embedding import SinusoidalEmbedding
-from .base import broadcast_sigma
+from .base import broadcast_sigma, per_sample
 
 
 class EDMDenoiser(nn.Module):
@@ -44,7 +44,7 @@ class EDMDenoiser(nn.Module):
             The denoised outputs, with shape :math:`(B, *)`.
         """
         sigma = broadcast_sigma(sigma, x_t, check=False)
-        s = sigma.reshape(sigma.shape + (1,) * (x_t.ndim - 1))  # (B, 1, ..., 1)
+        s = per_sample(sigma, x_t)  # (B, 1, ..., 1)
         c_skip = 1 / (s**2 + 1)
         c_out = s / (s**2 + 1).sqrt()
         c_in = 1 / (s**2 + 1).sqrt()
