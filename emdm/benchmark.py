@@ -14,6 +14,7 @@ GMRES iterations, MMPS with 1, 3 or 5.
 __all__ = [
     "METHODS",
     "TASKS",
+    "CountingDenoiser",
     "Task",
     "dense_matrix",
     "method",
@@ -138,6 +139,25 @@ def method(name: str, prior, A, y: Tensor, cov_y: float):
     if name not in BASELINES:
         raise ValueError(f"method must be one of {METHODS}, got {name!r}")
     return BASELINES[name](prior, A, y, cov_y)
+
+
+class CountingDenoiser(torch.nn.Module):
+    r"""Wraps a denoiser and counts its forward passes and the backward passes through its
+    output (its vector-Jacobian products), with a hook: the cost measure of Table 5."""
+
+    def __init__(self, denoiser: Callable[[Tensor, Tensor], Tensor]):
+        super().__init__()
+        self.denoiser, self.forwards, self.backwards = denoiser, 0, 0
+
+    def forward(self, x_t: Tensor, sigma: Tensor) -> Tensor:
+        self.forwards += 1
+        out = self.denoiser(x_t, sigma)
+        if out.requires_grad:
+            out.register_hook(self._count)
+        return out
+
+    def _count(self, grad: Tensor) -> None:
+        self.backwards += 1
 
 
 def vjps_per_call(name: str) -> int:

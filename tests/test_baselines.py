@@ -9,6 +9,7 @@ from conftest import random_dplr
 
 from emdm import DPLR, VPDDIM, DenseOperator, GaussianDenoiser, VPSchedule
 from emdm.baselines import BASELINES, DPS, PGDM, TMPD, DiffPIR, EpsilonDenoiser
+from emdm.benchmark import CountingDenoiser
 
 B, D, M = 4, 5, 2
 DT = torch.float64
@@ -72,23 +73,11 @@ def test_each_baseline_reproduces_its_formula(problem, sigma):
     torch.testing.assert_close(DPS(denoiser, DenseOperator(A), y, COV_Y)(x_t, s), expected)
 
 
-class Counting(torch.nn.Module):
-    def __init__(self, denoiser):
-        super().__init__()
-        self.denoiser, self.backwards = denoiser, 0
-
-    def forward(self, x_t, sigma):
-        out = self.denoiser(x_t, sigma)
-        if out.requires_grad:
-            out.register_hook(lambda g: setattr(self, "backwards", self.backwards + 1))
-        return out
-
-
 def test_vjps_per_call(problem):
     denoiser, S, A, y, x_t = problem
     s = torch.ones(B, dtype=DT)
     for name, expected in (("dps", 1), ("pgdm", 1), ("tmpd", 2), ("diffpir", 0)):
-        counting = Counting(denoiser)
+        counting = CountingDenoiser(denoiser)
         baseline = BASELINES[name](counting, DenseOperator(A), y, COV_Y)
         baseline(x_t, s)
         assert counting.backwards == baseline.vjps == expected, name

@@ -18,6 +18,7 @@ from emdm import (
     MaskOperator,
     MixtureDenoiser,
 )
+from emdm.benchmark import CountingDenoiser
 from emdm.nn import TimeMLP
 
 B, D, M = 6, 8, 3
@@ -148,24 +149,6 @@ def test_mixture_tweedie_uses_the_exact_covariance(gen, sigma):
     expected = posterior_mean(m, V, A, y, 0.01 * torch.eye(2, dtype=torch.float64))
     out = MMPS(denoiser, DenseOperator(A), y, 0.01, iterations=4)(x_t, s)
     torch.testing.assert_close(out, expected)
-
-
-class CountingDenoiser(torch.nn.Module):
-    """A denoiser that counts its forward passes and the backward passes through it."""
-
-    def __init__(self, denoiser):
-        super().__init__()
-        self.denoiser, self.forwards, self.backwards = denoiser, 0, 0
-
-    def forward(self, x_t, sigma):
-        self.forwards += 1
-        out = self.denoiser(x_t, sigma)
-        if out.requires_grad:
-            out.register_hook(self._count)
-        return out
-
-    def _count(self, grad):
-        self.backwards += 1
 
 
 @pytest.mark.parametrize("k", [1, 3, 5])
