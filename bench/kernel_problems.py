@@ -11,11 +11,11 @@ implementations: a kernel that moves more than the floor shows a lower figure.
 """
 
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 
+from bench.mmps_cost import iqr, timed
 from kernels.cg import batched_dot
 
 
@@ -63,15 +63,8 @@ def median_ms(
     sync = synchronizer(device)
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(1e3 * (time.perf_counter() - start))
-    q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (0, 0, 0)
-    return statistics.median(times), q3 - q1
+    times = [timed(fn, sync) for _ in range(repeats)]
+    return statistics.median(times), iqr(times) if len(times) > 1 else 0.0
 
 
 def copy_bandwidth(device, nbytes: int = 1 << 30, repeats: int = 20) -> float:
