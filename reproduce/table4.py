@@ -9,7 +9,7 @@ RMSE of its sample mean to the exact posterior mean, the total-variation distanc
 mass its samples put on each mixture component and the exact masses, and the debiased exact-OT
 score of its samples against exact posterior samples.
 
-    python reproduce/table4.py --quick       # about 2.5 min on 2 CPU cores
+    python reproduce/table4.py --quick       # 2.5-5.5 min on 2 CPU cores
 
 The paper configuration (GPU): DPS's FFHQ checkpoint in the ADM U-Net, the first 100 FFHQ 256
 test images from a local folder, one posterior sample per image, method, task (box, random,
