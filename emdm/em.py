@@ -13,12 +13,17 @@ After every iteration the model, optimizer, EMA, samples and random states are w
 `<directory>/last.pt` (atomically), so that `resume=True` continues a killed run from its last
 complete iteration with identical results.
 
+On images the M-step augments its batches (random horizontal flips and shifts by up to
+:math:`k` pixels with reflect padding, protocols §4.3 and §5.3), and the E-step can seed one
+generator per batch of observations (`seeding="batch"`), which makes a run independent of how
+many processes share it (:mod:`emdm.distributed`).
+
 References:
     | Learning Diffusion Priors from Observations by Expectation Maximization
     | (Rozet et al., 2024) https://arxiv.org/abs/2405.13712
 """
 
-__all__ = ["EMConfig", "batch_cov_y", "e_step", "m_step", "run_em"]
+__all__ = ["EMConfig", "augment", "batch_cov_y", "e_step", "m_step", "run_em"]
 
 import copy
 import dataclasses
@@ -32,8 +37,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .distributed import Context, local
 from .dplr import DPLR
-from .loss import denoiser_loss
+from .loss import beta33, denoising_loss
 from .mmps import COVARIANCES, MMPS, SOLVERS
 from .samplers import SAMPLERS, sample
 from .schedule import Schedule
@@ -58,6 +64,10 @@ class EMConfig:
     solver: str = "cg"  # or "dense": the exact solve, symmetrized and guarded (small y only)
     sample_batch: int = 4096  # observations per E-step batch
     keep_range: float = 3.0  # drop samples with a coordinate outside (-r, r); 0: keep all (3)
+    flip: bool = False  # M-step augmentation: random horizontal flips of (B, C, H, W) images
+    shift: int = 0  # M-step augmentation: random shifts by up to this many pixels (reflect)
+    seeding: str = "stream"  # "batch": one E-step generator per batch (any number of ranks)
+    mean_samples: int = 0  # n > 0: each E-step starts at the mean of the first n samples
     seed: int = 0
 
     def __post_init__(self):
@@ -74,6 +84,10 @@ class EMConfig:
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
+        if self.seeding not in ("stream", "batch"):
+            raise ValueError(f"seeding must be 'stream' or 'batch', got {self.seeding!r}")
+        if self.shift < 0 or self.mean_samples < 0:
+            raise ValueError("shift and mean_samples must be non-negative integers")
 
 
 def batch_cov_y(cov_y: float | Tensor, y: Tensor, index: slice) -> float | Tensor:
@@ -89,6 +103,30 @@ def _learning_rate(cfg: EMConfig, step: int) -> float:
     return cfg.lr + (cfg.lr_end - cfg.lr) * min((step + 1) / (cfg.train_steps + 1), 1.0)
 
 
+def augment(x: Tensor, flip: bool, shift: int, generator: torch.Generator) -> Tensor:
+    r"""Randomly flips images :math:`(B, C, H, W)` horizontally (probability 1/2) and shifts
+    them by :math:`(\delta_h, \delta_w) \in \{-k, \dots, k\}^2` pixels, filling the border by
+    reflection; the draws come from `generator`, one per image."""
+    if not flip and shift == 0:
+        return x
+    if x.ndim != 4:
+        raise ValueError(f"augmentation expects images (B, C, H, W), got {tuple(x.shape)}")
+    B, _, H, W = x.shape
+    device = generator.device
+    if flip:
+        flips = torch.rand(B, generator=generator, device=device) < 0.5
+        x = torch.where(flips.to(x.device)[:, None, None, None], x.flip(-1), x)
+    if shift > 0:
+        d = torch.randint(-shift, shift + 1, (B, 2), generator=generator, device=device)
+        d = d.to(x.device)
+        padded = nn.functional.pad(x, (shift,) * 4, mode="reflect")  # (B, C, H + 2k, W + 2k)
+        i = torch.arange(H, device=x.device) + shift - d[:, :1]  # (B, H)
+        j = torch.arange(W, device=x.device) + shift - d[:, 1:]  # (B, W)
+        rows = padded.gather(2, i[:, None, :, None].expand(-1, x.shape[1], -1, padded.shape[3]))
+        x = rows.gather(3, j[:, None, None, :].expand(-1, x.shape[1], H, -1))
+    return x
+
+
 def m_step(
     denoiser: nn.Module,
     samples: Tensor,
@@ -99,9 +137,17 @@ def m_step(
     ema: nn.Module | None = None,
     progress: bool = False,
     desc: str = "M-step",
+    ctx: Context | None = None,
 ) -> float:
     r"""Trains `denoiser` for `cfg.train_steps` Adam steps on batches drawn with replacement
-    from `samples`; returns the mean loss of the last tenth of the steps."""
+    from `samples` (augmented per `cfg`); returns the mean loss of the last tenth of the steps.
+
+    In a multi-process run (`ctx`), `denoiser` is the `DistributedDataParallel` module: every
+    rank draws the same global batch and trains on its shard of it.
+    """
+    ctx = local() if ctx is None else ctx
+    device = next(denoiser.parameters()).device
+    shard = ctx.split(cfg.batch_size)
     denoiser.train()
     losses = []
     bar = tqdm(range(cfg.train_steps), disable=not progress, desc=desc, leave=False)
@@ -109,8 +155,13 @@ def m_step(
         index = torch.randint(
             len(samples), (cfg.batch_size,), generator=generator, device=generator.device
         )
-        x = samples[index.to(samples.device)]
-        loss = denoiser_loss(denoiser, x, schedule, generator=generator)
+        x = samples[index.to(samples.device)].to(device)
+        x = augment(x, cfg.flip, cfg.shift, generator)
+        # the draws of the whole batch on every rank, in the order denoiser_loss makes them
+        t = beta33(cfg.batch_size, generator, dtype=x.dtype, device=generator.device)
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=generator.device)
+        sigma = schedule.sigma_ve(t.to(device))
+        loss = denoising_loss(denoiser, x[shard], sigma[shard], z[shard].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(denoiser.parameters(), cfg.clip)
@@ -140,6 +191,8 @@ def e_step(
     generator: torch.Generator,
     progress: bool = False,
     covariance: str | DPLR | None = None,
+    iteration: int = 0,
+    ctx: Context | None = None,
 ) -> tuple[Tensor, int]:
     r"""Draws one posterior sample per observation with MMPS, in batches.
 
@@ -147,33 +200,48 @@ def e_step(
         denoiser: The prior denoiser.
         A: The operator of all observations, indexable by sample (e.g. a per-sample
             :class:`emdm.DenseOperator`).
-        y: The observations, with shape :math:`(N, *)`.
+        y: The observations, with shape :math:`(N, *)`, on any device: each batch is moved to
+            the device of `mean`.
         cov_y: The noise covariance: a float, or a per-observation tensor with shape of `y`.
-        cfg: The EM settings (sampler, steps, covariance, CG iterations, batch size).
+        cfg: The EM settings (sampler, steps, covariance, CG iterations, batch size, seeding).
         schedule: The noise schedule.
         mean: The state at :math:`t = 1` is :math:`\mu + \sigma(1) z`: the mean :math:`\mu`,
             with the event shape of :math:`x`.
-        generator: The generator of every random draw.
+        generator: The generator of every random draw (`seeding="stream"`), or whose device the
+            per-batch generators take (`"batch"`: seeded by `cfg.seed`, `iteration`, batch).
         covariance: MMPS's covariance, if not `cfg.covariance` (e.g. a Gaussian prior's DPLR).
+        iteration: The EM iteration, part of the per-batch seeds.
+        ctx: The processes that share the batches (each gets every P-th); all get every sample.
 
     Returns:
-        The samples, with shape :math:`(N, *)`, and how often MMPS's solver guard fired (CG:
-        non-positive curvature; dense: eigenvalues reflected above the floor).
+        The samples, with shape :math:`(N, *)`, on the device of `y`, and how often MMPS's
+        solver guard fired (CG: non-positive curvature; dense: eigenvalues reflected above
+        the floor), summed over this rank's batches.
     """
+    ctx = local() if ctx is None else ctx
+    if ctx.active and cfg.seeding != "batch":
+        raise ValueError("a multi-process E-step needs seeding='batch'")
     covariance = cfg.covariance if covariance is None else covariance
+    device = mean.device
     out, guard = [], 0
     sigma_1 = schedule.sigma_ve(torch.ones((), dtype=torch.float64)).item()
-    batches = range(0, len(y), cfg.sample_batch)
-    for i in tqdm(batches, disable=not progress, desc="E-step", leave=False):
+    starts = range(0, len(y), cfg.sample_batch)
+    mine = [starts[b] for b in ctx.shard(len(starts))]
+    for b, i in enumerate(tqdm(mine, disable=not progress, desc="E-step", leave=False)):
         index = slice(i, i + cfg.sample_batch)
-        y_i = y[index]
+        y_i = y[index].to(device)
         c_i = batch_cov_y(cov_y, y, index)
-        posterior = MMPS(
-            denoiser, A[index], y_i, c_i, covariance, cfg.cg_iterations, solver=cfg.solver
-        )
+        c_i = c_i.to(device) if isinstance(c_i, Tensor) else c_i
+        A_i = A[index]
+        A_i = A_i.to(device) if hasattr(A_i, "to") else A_i
+        posterior = MMPS(denoiser, A_i, y_i, c_i, covariance, cfg.cg_iterations, solver=cfg.solver)
+        if cfg.seeding == "batch":  # (seed, iteration, global batch index): rank-independent
+            batch = ctx.rank + b * ctx.world
+            seed = (cfg.seed * 1_000_003 + iteration) * 1_000_003 + batch
+            generator = torch.Generator(generator.device).manual_seed(seed)
         shape = (len(y_i), *mean.shape)
         z = torch.randn(shape, generator=generator, dtype=y.dtype, device=generator.device)
-        x1 = mean + sigma_1 * z.to(y.device)
+        x1 = mean + sigma_1 * z.to(device)
         x = sample(
             posterior,
             x1,
@@ -183,9 +251,9 @@ def e_step(
             generator=generator,
             check_finite=True,
         )
-        out.append(x)
+        out.append(x.to(y.device))
         guard += int(posterior.nonpositive)
-    return torch.cat(out), guard
+    return torch.cat(ctx.gather(out, len(starts), like=y)), guard
 
 
 def _write_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -214,6 +282,7 @@ def run_em(
     callback: Callable[[int, Tensor, dict[str, float]], None] | None = None,
     prior_cov: DPLR | None = None,
     progress: bool = False,
+    ctx: Context | None = None,
 ) -> Tensor:
     r"""Runs `cfg.iterations` EM iterations from the samples of :math:`q_0`.
 
@@ -238,10 +307,16 @@ def run_em(
             MMPS, :math:`V_t = (\Sigma_x^{-1} + \sigma_t^{-2} I)^{-1}` (the paper's code uses
             :math:`q_0`'s, fixed for all iterations).
         progress: Whether to show progress bars.
+        ctx: The processes of a multi-process run (:func:`emdm.distributed.init`): they share
+            the E-step's batches and the M-step's batches; rank 0 writes the checkpoints and
+            calls `callback`. Every rank must pass the same arguments.
 
     Returns:
         The samples of the last iteration.
     """
+    ctx = local() if ctx is None else ctx
+    if ctx.active and cfg.seeding != "batch":
+        raise ValueError("a multi-process run needs seeding='batch' (per-batch E-step seeds)")
     if len(samples) != len(y):
         raise ValueError(f"expected one q_0 sample per observation ({len(y)}), got {len(samples)}")
     if cfg.covariance == "cov_x" and not isinstance(prior_cov, DPLR):
@@ -250,6 +325,7 @@ def run_em(
     mean = torch.zeros_like(samples[0]) if mean is None else mean.reshape(samples.shape[1:])
     generator = torch.Generator(y.device).manual_seed(cfg.seed)
     ema = copy.deepcopy(denoiser).requires_grad_(False) if cfg.ema > 0 else None
+    trained = ctx.wrap(denoiser)  # DistributedDataParallel in a multi-process run
     optimizer = torch.optim.Adam(denoiser.parameters(), lr=cfg.lr)
     start = 0
 
@@ -282,9 +358,12 @@ def run_em(
             generator.set_state(state["generator"])
             torch.set_rng_state(state["torch_rng"])
             samples, start = state["samples"].to(y.device), state["iteration"]
-        else:
+            if state.get("mean") is not None:
+                mean = state["mean"].to(mean)
+        elif ctx.main:
             directory.mkdir(parents=True, exist_ok=True)
             (directory / "config.json").write_text(json.dumps(record, indent=2))
+        ctx.barrier()  # no rank starts before every rank has checked the directory
 
     for k in tqdm(range(start, cfg.iterations), disable=not progress, desc="EM", initial=start):
         if cfg.restart_optimizer:
@@ -292,7 +371,7 @@ def run_em(
         if ema is not None:
             ema.load_state_dict(denoiser.state_dict())  # re-initialized each lap
         loss = m_step(
-            denoiser,
+            trained,
             samples,
             cfg,
             schedule,
@@ -301,14 +380,15 @@ def run_em(
             ema,
             progress,
             f"M-step {k + 1}",
+            ctx,
         )
         prior = ema if ema is not None else denoiser
         try:
-            samples, guard = e_step(
-                prior, A, y, cov_y, cfg, schedule, mean, generator, progress, covariance
-            )
+            samples, guard = e_step(prior, A, y, cov_y, cfg, schedule, mean, generator, progress,
+                                    covariance, iteration=k + 1, ctx=ctx)  # fmt: skip
         except FloatingPointError as error:
             raise FloatingPointError(f"EM iteration {k + 1}: {error}") from None
+        guard = int(ctx.sum(guard))
         kept = len(samples)
         if cfg.keep_range > 0:
             inside = (samples.abs() < cfg.keep_range).flatten(1).all(dim=1)
@@ -318,12 +398,14 @@ def run_em(
             raise FloatingPointError(
                 f"EM iteration {k + 1}: every sample left (-{cfg.keep_range}, {cfg.keep_range})"
             )
-        metrics = {"loss": loss, "kept": kept, "guard": guard}
+        if cfg.mean_samples > 0:  # the paper's images: the next E-step starts at PPCA's mean
+            mean = samples[: cfg.mean_samples].mean(dim=0).to(mean)
+        metrics = {"loss": ctx.sum(loss) / ctx.world, "kept": kept, "guard": guard}
         # the callback first: if the run dies before the checkpoint, a resume redoes this
         # iteration identically and the callback rewrites what it wrote
-        if callback is not None:
+        if callback is not None and ctx.main:
             callback(k + 1, samples, metrics)
-        if directory is not None:
+        if directory is not None and ctx.main:
             _write_checkpoint(
                 directory / "last.pt",
                 {
@@ -334,7 +416,9 @@ def run_em(
                     "generator": generator.get_state(),
                     "torch_rng": torch.get_rng_state(),
                     "samples": samples.cpu(),
+                    "mean": mean.cpu() if cfg.mean_samples > 0 else None,
                     "metrics": metrics,
                 },
             )
+        ctx.barrier()
     return samples

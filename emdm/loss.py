@@ -9,7 +9,7 @@ References:
     | https://arxiv.org/abs/2206.00364
 """
 
-__all__ = ["beta33", "denoiser_loss"]
+__all__ = ["beta33", "denoiser_loss", "denoising_loss"]
 
 from collections.abc import Callable
 
@@ -46,10 +46,18 @@ def denoiser_loss(
     """
     if x.ndim < 1 or not x.is_floating_point():
         raise ValueError("x must be a floating-point tensor with shape (B, *)")
-    B = x.shape[0]
-    t = beta33(B, generator, dtype=x.dtype, device=x.device)
+    t = beta33(x.shape[0], generator, dtype=x.dtype, device=x.device)
     sigma = schedule.sigma_ve(t)  # (B,)
     z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    return denoising_loss(denoiser, x, sigma, z)
+
+
+def denoising_loss(
+    denoiser: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigma: Tensor, z: Tensor
+) -> Tensor:
+    r"""The loss of :func:`denoiser_loss` for given noise levels :math:`\sigma` :math:`(B,)` and
+    noise :math:`z` with the shape of :math:`x` (so that processes can share one batch's draws)."""
+    B = x.shape[0]
     x_t = x + sigma.reshape((B,) + (1,) * (x.ndim - 1)) * z
     error = (denoiser(x_t, sigma) - x).square().flatten(1).mean(dim=1)  # (B,)
     return ((1 + 1 / sigma**2) * error).mean()
