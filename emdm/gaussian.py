@@ -71,12 +71,13 @@ def ppca(X: Tensor, rank: int) -> tuple[Tensor, DPLR]:
 
 
 def fit_gaussian(
-    A: Tensor,
+    A,
     y: Tensor,
     cov_y: float | Tensor,
     rank: int,
     iterations: int = 16,
     *,
+    shape: tuple[int, ...] | None = None,
     schedule: Schedule | None = None,
     sampler: str = "ddim",
     steps: int = 256,
@@ -89,11 +90,13 @@ def fit_gaussian(
     :math:`y_i = A_i x_i + \varepsilon_i` by Monte-Carlo EM (protocols §1.9).
 
     Arguments:
-        A: The per-observation matrices, with shape :math:`(N, M, D)`.
-        y: The observations, with shape :math:`(N, M)`.
+        A: The per-observation matrices, with shape :math:`(N, M, D)`, or an operator of all
+            observations indexable by sample (e.g. a per-sample :class:`emdm.MaskOperator`).
+        y: The observations, with shape :math:`(N, M)` or :math:`(N, *)` for an operator.
         cov_y: The noise covariance: a float or a diagonal broadcastable to `y`.
         rank: The PPCA rank.
         iterations: The number of EM iterations (16 in the paper).
+        shape: The event shape of :math:`x` (e.g. :math:`(C, H, W)`), needed with an operator.
         schedule: The noise schedule of the E-step's sampler. Defaults to :class:`VESchedule`.
         sampler: The E-step's sampler (the paper's experiments use DDIM with 256 steps).
         steps: The sampler's steps.
@@ -103,23 +106,27 @@ def fit_gaussian(
         progress: Whether to show a progress bar over EM iterations.
 
     Returns:
-        The mean, with shape :math:`(D,)`, and the covariance, a DPLR.
+        The mean, with the event shape (:math:`(D,)` for matrices), and the covariance, a
+        DPLR of size :math:`D`.
     """
-    if A.ndim != 3 or y.shape != A.shape[:2]:
-        raise ValueError(
-            f"expected A (N, M, D) and y (N, M), got {tuple(A.shape)}, {tuple(y.shape)}"
-        )
+    if isinstance(A, Tensor):
+        if A.ndim != 3 or y.shape != A.shape[:2]:
+            raise ValueError(
+                f"expected A (N, M, D) and y (N, M), got {tuple(A.shape)}, {tuple(y.shape)}"
+            )
+        shape, A = (A.shape[-1],), DenseOperator(A)
+    elif shape is None:
+        raise ValueError("fit_gaussian needs the event shape of x (shape=...) with an operator")
     schedule = VESchedule() if schedule is None else schedule
     cfg = EMConfig(
         sampler=sampler, steps=steps, cg_iterations=cg_iterations, sample_batch=batch_size
     )
     generator = torch.Generator().manual_seed(0) if generator is None else generator
-    D = A.shape[-1]
-    A = DenseOperator(A)
-    mu = torch.zeros(D, dtype=y.dtype, device=y.device)
-    cov = DPLR(torch.ones(D, dtype=y.dtype, device=y.device))
+    mu = torch.zeros(shape, dtype=y.dtype, device=y.device)
+    cov = DPLR(torch.ones(mu.numel(), dtype=y.dtype, device=y.device))
     for _ in trange(iterations, disable=not progress, desc="fit_gaussian"):
         prior = GaussianDenoiser(mu, cov)
         x, _ = e_step(prior, A, y, cov_y, cfg, schedule, mu, generator, covariance=cov)
         mu, cov = ppca(x, rank)
+        mu = mu.reshape(shape)
     return mu, cov

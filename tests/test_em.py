@@ -141,3 +141,23 @@ def test_dense_solver_matches_cg_on_scalar_systems():
         runs[solver] = e_step(prior, A, y, 0.05**2, cfg, SCHEDULE, torch.zeros(2), g)
     assert runs["cg"][1] == runs["dense"][1] == 0
     torch.testing.assert_close(runs["cg"][0], runs["dense"][0], rtol=1e-4, atol=1e-4)
+
+
+def test_augment_flips_and_shifts_with_reflection():
+    from emdm.em import augment
+
+    x = torch.arange(2 * 3 * 5 * 6, dtype=torch.float32).reshape(2, 3, 5, 6)
+    g = torch.Generator().manual_seed(0)
+    assert augment(x, False, 0, g) is x
+    out = augment(x, False, 2, torch.Generator().manual_seed(1))
+    d = torch.randint(-2, 3, (2, 2), generator=torch.Generator().manual_seed(1))
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect")
+    for b in range(2):
+        i, j = 2 - int(d[b, 0]), 2 - int(d[b, 1])  # out[h, w] = x[h - dh, w - dw], reflected
+        torch.testing.assert_close(out[b], padded[b, :, i : i + 5, j : j + 6])
+    flips = augment(x[:1].expand(4000, 3, 5, 6), True, 0, g)
+    flipped = (flips[:, 0, 0, 0] == x[0, 0, 0, -1]).float()
+    assert abs(flipped.mean().item() - 0.5) < 4 * 0.5 / 4000**0.5
+    assert torch.equal(flips[flipped.bool()][0], x[0].flip(-1))
+    with pytest.raises(ValueError, match="images"):
+        augment(torch.zeros(3, 4), True, 0, g)

@@ -3,6 +3,7 @@ import torch
 
 from emdm.data import observe, random_projections
 from emdm.gaussian import fit_gaussian, ppca
+from emdm.operators import MaskOperator
 
 DT = torch.float64
 
@@ -68,3 +69,24 @@ def test_fit_gaussian_from_random_projections():
     assert (cov.dense() - S).norm() / S.norm() < 3 * floor_cov_error + 0.02
     # and the start N(0, I) was far from it
     assert (torch.eye(D, dtype=DT) - S).norm() / S.norm() > 0.5
+
+
+def test_fit_gaussian_from_masked_images():
+    """Masked 2x3x3 images of a rank-2 Gaussian: the operator path recovers mean and covariance."""
+    g = torch.Generator().manual_seed(0)
+    n, shape = 2048, (2, 3, 3)
+    U = torch.randn((18, 2), generator=g, dtype=torch.float64)
+    mu = torch.linspace(-1, 1, 18, dtype=torch.float64)
+    x = mu + torch.randn((n, 2), generator=g, dtype=torch.float64) @ U.T
+    x = x + 0.1 * torch.randn((n, 18), generator=g, dtype=torch.float64)
+    mask = (torch.rand((n, 1, 3, 3), generator=g) < 0.7).double()  # shared over channels
+    y = mask * x.reshape(n, *shape) + 1e-2 * torch.randn((n, *shape), generator=g).double()
+    mean, cov = fit_gaussian(MaskOperator(mask), y, 1e-4, rank=2, iterations=8, shape=shape,
+                             steps=16, generator=g)  # fmt: skip
+    assert mean.shape == shape
+    true_cov = U @ U.T + 0.01 * torch.eye(18, dtype=torch.float64)
+    fitted = cov.dense()
+    assert (mean.flatten() - mu).abs().max() < 0.1
+    assert torch.linalg.matrix_norm(fitted - true_cov) / torch.linalg.matrix_norm(true_cov) < 0.1
+    with pytest.raises(ValueError, match="event shape"):
+        fit_gaussian(MaskOperator(mask), y, 1e-4, rank=2)

@@ -178,3 +178,15 @@ def test_motion_kernel():
     assert curve[0] > 1  # a curved path fills both directions
     with pytest.raises(ValueError, match="odd integer"):
         motion_kernel(60)
+
+
+def test_mask_operator_restricts_per_sample_masks():
+    from emdm.operators import MaskOperator
+
+    mask = (torch.arange(4 * 3 * 3).reshape(4, 1, 3, 3) % 3 == 0).float()
+    A = MaskOperator(mask)
+    x = torch.randn(2, 2, 3, 3)
+    assert torch.equal(A[1:3](x), mask[1:3] * x)
+    shared = MaskOperator(mask[:1])
+    assert shared[1:3] is shared
+    assert A.to(torch.float64).mask.dtype == torch.float64

@@ -79,5 +79,9 @@ class DenseOperator(LinearOperator):
             return self
         return DenseOperator(self.matrix[index], self.in_shape)
 
+    def to(self, *args, **kwargs) -> "DenseOperator":
+        r"""The operator with its matrices moved by `Tensor.to`."""
+        return DenseOperator(self.matrix.to(*args, **kwargs), self.in_shape)
+
     def __repr__(self) -> str:
         return f"DenseOperator(matrix={tuple(self.matrix.shape)})"

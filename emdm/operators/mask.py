@@ -42,5 +42,16 @@ class MaskOperator(LinearOperator):
     def adjoint(self, y: Tensor) -> Tensor:
         return self.mask * y
 
+    def __getitem__(self, index) -> "MaskOperator":
+        r"""Restricts a per-sample mask (leading axis :math:`N > 1`) to the samples `index`; a
+        shared mask (leading axis 1, or fewer axes than the inputs) is returned as is."""
+        if self.mask.ndim == 0 or self.mask.shape[0] == 1:
+            return self
+        return MaskOperator(self.mask[index])
+
+    def to(self, *args, **kwargs) -> "MaskOperator":
+        r"""The operator with its mask moved by `Tensor.to`."""
+        return MaskOperator(self.mask.to(*args, **kwargs))
+
     def __repr__(self) -> str:
         return f"MaskOperator(mask={tuple(self.mask.shape)})"

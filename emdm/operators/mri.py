@@ -73,5 +73,9 @@ class MRIOperator(LinearOperator):
             return self
         return MRIOperator(self.mask[index], self.provider)
 
+    def to(self, *args, **kwargs) -> "MRIOperator":
+        r"""The operator with its mask moved by `Tensor.to`."""
+        return MRIOperator(self.mask.to(*args, **kwargs), self.provider)
+
     def __repr__(self) -> str:
         return f"MRIOperator(mask={tuple(self.mask.shape)})"
