@@ -1,14 +1,28 @@
 r"""Data sets: those the project generates, and local image folders."""
 
 from .cifar import cifar_observations, load_cifar10
+from .fastmri import (
+    line_mask,
+    load_fastmri,
+    mri_observations,
+    phantoms,
+    write_fake_fastmri,
+    zero_filled,
+)
 from .images import load_images
 from .manifold import RandomManifold, observe, random_projections
 
 __all__ = [
     "RandomManifold",
     "cifar_observations",
+    "line_mask",
     "load_cifar10",
+    "load_fastmri",
     "load_images",
+    "mri_observations",
     "observe",
+    "phantoms",
     "random_projections",
+    "write_fake_fastmri",
+    "zero_filled",
 ]
