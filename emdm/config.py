@@ -6,7 +6,14 @@ or more values, and the field's `metadata={"help": ..., "choices": ...}` gives t
 and allowed values.
 """
 
-__all__ = ["check_device", "config_dict", "config_parser", "parse_config", "parse_scaled"]
+__all__ = [
+    "check_device",
+    "config_dict",
+    "config_parser",
+    "parse_config",
+    "parse_scaled",
+    "run_identity",
+]
 
 import argparse
 import dataclasses
@@ -127,6 +134,12 @@ def parse_scaled(
 def config_dict(cfg: Any) -> dict[str, Any]:
     r"""Returns the dataclass instance `cfg` as a JSON-ready dictionary."""
     return dataclasses.asdict(cfg)
+
+
+def run_identity(cfg: Any) -> dict[str, Any]:
+    r"""The config fields that define a run's results, compared on resume: all but how it is
+    run (`resume`, `quiet`, `dry_run`)."""
+    return {k: v for k, v in config_dict(cfg).items() if k not in ("resume", "quiet", "dry_run")}
 
 
 def check_device(name: str) -> torch.device:

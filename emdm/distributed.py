@@ -110,6 +110,13 @@ class Context:
         ids = [device.index] if device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
+    def device(self, name: str) -> torch.device:
+        r"""The device this rank runs on: its own GPU (`LOCAL_RANK`) for `"cuda"` in a
+        multi-process run, else `torch.device(name)`."""
+        if self.active and name == "cuda":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device(name)
+
     def barrier(self) -> None:
         if self.active:
             dist.barrier()

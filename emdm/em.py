@@ -104,14 +104,16 @@ def _learning_rate(cfg: EMConfig, step: int) -> float:
 
 
 def augment(x: Tensor, flip: bool, shift: int, generator: torch.Generator) -> Tensor:
-    r"""Randomly flips images :math:`(B, C, H, W)` horizontally (probability 1/2) and shifts
+    r"""Randomly flips images :math:`(B, *, H, W)` horizontally (probability 1/2) and shifts
     them by :math:`(\delta_h, \delta_w) \in \{-k, \dots, k\}^2` pixels, filling the border by
     reflection; the draws come from `generator`, one per image."""
     if not flip and shift == 0:
         return x
-    if x.ndim != 4:
-        raise ValueError(f"augmentation expects images (B, C, H, W), got {tuple(x.shape)}")
-    B, _, H, W = x.shape
+    if x.ndim < 3:
+        raise ValueError(f"augmentation expects images (B, *, H, W), got {tuple(x.shape)}")
+    shape = x.shape
+    x = x.reshape(shape[0], -1, *shape[-2:])  # (B, C, H, W)
+    B, C, H, W = x.shape
     device = generator.device
     if flip:
         flips = torch.rand(B, generator=generator, device=device) < 0.5
@@ -122,9 +124,9 @@ def augment(x: Tensor, flip: bool, shift: int, generator: torch.Generator) -> Te
         padded = nn.functional.pad(x, (shift,) * 4, mode="reflect")  # (B, C, H + 2k, W + 2k)
         i = torch.arange(H, device=x.device) + shift - d[:, :1]  # (B, H)
         j = torch.arange(W, device=x.device) + shift - d[:, 1:]  # (B, W)
-        rows = padded.gather(2, i[:, None, :, None].expand(-1, x.shape[1], -1, padded.shape[3]))
-        x = rows.gather(3, j[:, None, None, :].expand(-1, x.shape[1], H, -1))
-    return x
+        rows = padded.gather(2, i[:, None, :, None].expand(-1, C, -1, padded.shape[3]))
+        x = rows.gather(3, j[:, None, None, :].expand(-1, C, H, -1))
+    return x.reshape(shape)
 
 
 def m_step(
@@ -280,6 +282,7 @@ def run_em(
     resume: bool = False,
     identity: dict[str, Any] | None = None,
     callback: Callable[[int, Tensor, dict[str, float]], None] | None = None,
+    evaluate: Callable[[int, nn.Module, Tensor], dict[str, float]] | None = None,
     prior_cov: DPLR | None = None,
     progress: bool = False,
     ctx: Context | None = None,
@@ -302,7 +305,11 @@ def run_em(
             It refuses if the run was made with a different config or `identity`.
         identity: Anything else that defines the run (data, model), compared on resume.
         callback: Called after each iteration `k` (from 1) with the samples of :math:`q_k` and
-            the iteration's metrics (`loss`, `kept`, `guard`).
+            the iteration's metrics (`loss`, `kept`, `guard` and those of `evaluate`).
+        evaluate: Called after each iteration `k` with the prior :math:`d_{\theta_k}` that the
+            E-step used (the EMA weights, if any) and the sampler's start mean; returns extra
+            metrics (e.g. a FID of its unconditional samples). It should draw from its own
+            generator, so that the run's draws do not depend on it.
         prior_cov: The covariance :math:`\Sigma_x` that `cfg.covariance = "cov_x"` uses in
             MMPS, :math:`V_t = (\Sigma_x^{-1} + \sigma_t^{-2} I)^{-1}` (the paper's code uses
             :math:`q_0`'s, fixed for all iterations).
@@ -401,6 +408,8 @@ def run_em(
         if cfg.mean_samples > 0:  # the paper's images: the next E-step starts at PPCA's mean
             mean = samples[: cfg.mean_samples].mean(dim=0).to(mean)
         metrics = {"loss": ctx.sum(loss) / ctx.world, "kept": kept, "guard": guard}
+        if evaluate is not None and ctx.main:
+            metrics.update(evaluate(k + 1, prior, mean))
         # the callback first: if the run dies before the checkpoint, a resume redoes this
         # iteration identically and the callback rewrites what it wrote
         if callback is not None and ctx.main:

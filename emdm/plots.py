@@ -1,7 +1,7 @@
 r"""Figures of the paper, drawn with matplotlib's object API: no pyplot, no global backend,
 nothing shown on screen."""
 
-__all__ = ["corner", "figure", "pairs", "save"]
+__all__ = ["corner", "figure", "image_grid", "laps", "pairs", "save"]
 
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,6 +81,45 @@ def pairs(
             if c == 0:
                 ax.set_ylabel(f"$(x_{r + 1}, x_{r + 2})$")
     fig.subplots_adjust(wspace=0.05, hspace=0.05)
+    return fig
+
+
+def image_grid(panels: dict[str, torch.Tensor], columns: int = 8, rows: int = 2) -> Figure:
+    r"""One block of images per panel (a row of blocks), each block `rows` x `columns` images of
+    shape :math:`(C, H, W)` or :math:`(H, W)` in :math:`[-2, 2]`, titled by its key."""
+    fig, axes = figure(1, len(panels), (2.2 * len(panels) * columns / 8, 2.2 * rows / 2 + 0.4))
+    for ax, (name, x) in zip(axes[0], panels.items(), strict=True):
+        x = ((x[: rows * columns].float() + 2) / 4).clamp(0, 1)
+        if x.ndim == 3:
+            x = x[:, None]
+        n, C, H, W = x.shape
+        tiles = torch.ones((rows * columns, C, H, W))
+        tiles[:n] = x
+        grid = tiles.reshape(rows, columns, C, H, W).permute(0, 3, 1, 4, 2)  # (r, H, c, W, C)
+        grid = grid.reshape(rows * H, columns * W, C).squeeze(-1)
+        ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(name, fontsize=8)
+        ax.set_axis_off()
+    return fig
+
+
+def laps(rows: Sequence[dict], metrics: Sequence[str]) -> Figure:
+    r"""One panel per metric: its value against the EM iteration, one line per run, the runs
+    told apart by the rows' `percent` and `covariance`."""
+    fig, axes = figure(1, len(metrics), (4 * len(metrics), 3))
+    runs = sorted({(r["covariance"], r["percent"]) for r in rows})
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for covariance, percent in runs:
+            points = sorted((r["em_iteration"], r["value"]) for r in rows
+                            if r["metric"] == metric and r["covariance"] == covariance
+                            and r["percent"] == percent)  # fmt: skip
+            if points:
+                k, v = zip(*points, strict=True)
+                ax.plot(k, v, marker="o", label=f"{covariance}, {percent:g} %")
+        ax.set(xlabel="EM iteration $k$", ylabel=metric.upper())
+        if metric == "fid":
+            ax.set_yscale("log", base=2)
+    axes[0, 0].legend(fontsize=7)
     return fig
 
 

@@ -7,7 +7,7 @@ device, threads, time) and the wall time. Both files are written to a temporary 
 folder and renamed once both are complete, so a crash never leaves a partial file.
 """
 
-__all__ = ["provenance", "write_results"]
+__all__ = ["provenance", "read_jsonl", "write_results"]
 
 import datetime
 import json
@@ -88,6 +88,14 @@ def provenance(device: torch.device | str | None = None) -> dict[str, Any]:
         "argv": sys.argv,
         "utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    r"""The rows of a JSON-lines log (one object per non-empty line), `[]` if there is none."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _write_temp(path: Path, write: Callable[[Any], None]) -> Path:

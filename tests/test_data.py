@@ -123,3 +123,18 @@ def test_cifar_loader_and_observations(tmp_path, monkeypatch):
     (folder / "test_batch").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="is not a CIFAR-10 batch"):
         load_cifar10(tmp_path, split="test")
+
+
+def test_color_shapes_are_seeded_images_in_the_cifar_range():
+    from emdm.data import color_shapes
+
+    x = color_shapes(64, 16, torch.Generator().manual_seed(0))
+    assert x.shape == (64, 3, 16, 16)
+    assert x.min() >= -2 and x.max() < 2
+    assert torch.equal(x, color_shapes(64, 16, torch.Generator().manual_seed(0)))
+    # sharp edges: neighbouring pixels often differ by a lot, images differ from each other
+    jumps = (x[..., 1:] - x[..., :-1]).abs().amax(dim=(1, 2, 3))
+    assert (jumps > 0.5).float().mean() > 0.9
+    assert x.std(dim=0).mean() > 0.3
+    with pytest.raises(ValueError, match="size"):
+        color_shapes(4, 2)

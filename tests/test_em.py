@@ -161,3 +161,7 @@ def test_augment_flips_and_shifts_with_reflection():
     assert torch.equal(flips[flipped.bool()][0], x[0].flip(-1))
     with pytest.raises(ValueError, match="images"):
         augment(torch.zeros(3, 4), True, 0, g)
+    torch.testing.assert_close(
+        augment(x[:, 0], True, 2, torch.Generator().manual_seed(4)),
+        augment(x[:, :1], True, 2, torch.Generator().manual_seed(4))[:, 0],
+    )

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from reproduce import fig1, fig2, fig3, fig7
+from reproduce import fig1, fig2, fig3, fig6, fig7, table1
 
 
 def test_fig7(tmp_path):
@@ -135,3 +135,44 @@ def test_table5_paper_path_on_a_tiny_checkpoint(tmp_path):
     frame = pd.read_csv(tmp_path / "table5.csv")
     vjps = frame[frame.metric == "vjps_per_step"].set_index("method").value
     assert vjps.to_dict() == {"pgdm": 1.0, "mmps3": 4.0}
+
+
+IMAGES = ["--quick", "--observations", "48", "--size", "8", "--em-iterations", "1",
+          "--em-train-steps", "2", "--em-batch-size", "16", "--em-steps", "2",
+          "--em-sample-batch", "24", "--start-iterations", "1", "--start-steps", "2",
+          "--start-rank", "4", "--start-observations", "32", "--net-hid-channels", "8", "16",
+          "--net-emb-features", "16", "--quiet"]  # fmt: skip
+
+
+def test_table1_fig4_fig15_tiny_and_resume(tmp_path):
+    argv = [*IMAGES, "--eval-samples", "20", "--eval-steps", "2", "--reference", "24",
+            "--heuristics", "identity", "--out", str(tmp_path)]  # fmt: skip
+    assert table1.main(argv) == 0
+    frame = pd.read_csv(tmp_path / "table1_quick.csv")
+    assert set(frame.covariance) == {"tweedie", "identity", "truth"}  # truth: the floor
+    fid = frame[frame.metric == "fid"]
+    assert sorted(fid.em_iteration.unique()) == [0, 1] and (fid.value >= 0).all()
+    assert {"isc", "loss", "guard", "fid_floor"} <= set(frame.metric)
+    for name in ("fig4_quick.png", "fig15_quick.png", "table1_quick.json"):
+        assert (tmp_path / name).exists()
+    assert table1.main([*argv, "--resume"]) == 0  # finished: re-reports, recomputes nothing
+    pd.testing.assert_frame_equal(frame, pd.read_csv(tmp_path / "table1_quick.csv"))
+
+
+def test_table1_stops_before_work_without_inception_weights(tmp_path, monkeypatch):
+    monkeypatch.delenv("EMDM_INCEPTION", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="weights-inception"):
+        table1.main(["--inception-weights", str(tmp_path / "absent.pth"), "--out", str(tmp_path)])
+    assert not (tmp_path / "table1_run").exists()
+
+
+def test_fig6_tiny(tmp_path):
+    argv = [*IMAGES, "--size", "16", "--net-channels", "4", "--test-slices", "3",
+            "--posterior-samples", "2", "--eval-steps", "2", "--accelerations", "4", "8",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert fig6.main(argv) == 0
+    frame = pd.read_csv(tmp_path / "fig6_quick.csv")
+    assert set(frame.method) == {"posterior_mean", "zero_filled"}
+    assert set(frame.acceleration) == {4.0, 8.0} and set(frame.metric) == {"psnr", "ssim"}
+    assert (tmp_path / "fig6_quick.png").exists()

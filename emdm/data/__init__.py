@@ -11,10 +11,12 @@ from .fastmri import (
 )
 from .images import load_images
 from .manifold import RandomManifold, observe, random_projections
+from .shapes import color_shapes
 
 __all__ = [
     "RandomManifold",
     "cifar_observations",
+    "color_shapes",
     "line_mask",
     "load_cifar10",
     "load_fastmri",

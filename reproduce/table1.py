@@ -1,0 +1,180 @@
+r"""Table 1 and Figure 4: a CIFAR-10 prior learned from masked images only, by EM with MMPS.
+
+Protocol (protocols §4): images masked per pixel (shared over RGB, `percent` % deleted) with
+σ_y = 1e-3 noise; q_0 a Gaussian (rank 64) fitted by Monte-Carlo EM; then EM laps that train
+the U-Net on the E-step's samples (warm start, EMA, flip + 1-px shift) and redraw them with
+MMPS (DDPM 256 steps, CG 1). After every lap, the FID and IS of unconditional samples (DDIM
+256) against the reference images. One run per corruption level with the Tweedie covariance
+and, at 75 %, one per heuristic covariance: (I + Σ_t⁻¹)⁻¹ ("identity") and Σ_t ("sigma_t").
+
+    python reproduce/table1.py --quick     # synthetic 16x16 shapes, tiny U-Net: ~30 min on CPU
+    python reproduce/table1.py --data-dir DATA --inception-weights W.pth --device cuda
+    torchrun --nproc_per_node=4 reproduce/table1.py --data-dir DATA --inception-weights W.pth \
+        --device cuda
+
+The paper's numbers after 32 laps (FID / IS): 5.88 / 8.83 (25 %), 6.76 / 8.75 (50 %),
+13.18 / 8.14 (75 %); heuristics at 75 %: 39.94 / 7.69 (identity), 118.69 / 4.23 (Σ_t).
+The quick run uses a tiny fixed random feature extractor instead of Inception (its FID is
+comparable only between the quick run's rows). Writes results/table1[_quick].{csv,json},
+fig4[_quick].png (FID and IS along the laps) and fig15[_quick].png (samples of each run).
+"""
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from emdm import VESchedule
+from emdm.config import check_device, config_dict, parse_scaled, run_identity
+from emdm.data import cifar_observations, color_shapes, load_cifar10
+from emdm.distributed import init
+from emdm.em import EMConfig
+from emdm.metrics.fidelity import fidelity_metrics, inception_weights_path
+from emdm.operators import MaskOperator
+from emdm.plots import image_grid, laps, save
+from emdm.prior import GaussianStart, UNetConfig, draw, learn_prior
+from emdm.provenance import read_jsonl, write_results
+
+
+@dataclasses.dataclass
+class Table1Config:
+    data: str = dataclasses.field(default="cifar", metadata={"choices": ("cifar", "shapes")})
+    data_dir: str = ""  # holds cifar-10-batches-py/; empty: EMDM_DATA
+    size: int = 32  # of the synthetic shapes
+    observations: int = 49920  # the first ones of the train set (batches of 256, drop last)
+    percents: tuple[float, ...] = (25.0, 50.0, 75.0)  # runs with the Tweedie covariance
+    heuristics: tuple[str, ...] = ("identity", "sigma_t")  # runs at heuristic_percent
+    heuristic_percent: float = 75.0
+    sigma_y: float = 1e-3
+    net: UNetConfig = dataclasses.field(default_factory=UNetConfig)
+    em: EMConfig = dataclasses.field(default_factory=EMConfig)
+    start: GaussianStart = dataclasses.field(default_factory=GaussianStart)
+    eval_samples: int = 50176  # unconditional samples per FID (196 x 256)
+    eval_steps: int = 256  # DDIM
+    reference: int = 50000  # reference images (the train set; synthetic: fresh draws)
+    feature_extractor: str = "inception-v3-compat"  # or "emdm-tiny" (no weights file)
+    inception_weights: str = ""  # empty: EMDM_INCEPTION
+    seed: int = 0
+    device: str = "cpu"
+    scale: str = "paper"
+    name: str = "table1"
+    out: str = "results"
+    resume: bool = False
+    quiet: bool = False
+    dry_run: bool = False
+
+    def __post_init__(self):
+        check_device(self.device)
+        for c in self.heuristics:
+            if c not in ("identity", "sigma_t", "zero", "tweedie"):
+                raise ValueError(f"unknown heuristic {c!r}: expected identity, sigma_t or zero")
+
+
+PAPER = Table1Config(
+    em=EMConfig(iterations=32, train_steps=49920, batch_size=256, lr=2e-4, lr_end=2e-4,
+                ema=0.9999, sampler="ddpm", steps=256, cg_iterations=1, sample_batch=256,
+                keep_range=0, flip=True, shift=1, seeding="batch", mean_samples=16384)
+)  # fmt: skip
+QUICK = Table1Config(
+    data="shapes", size=16, observations=768, percents=(75.0,),
+    net=UNetConfig(hid_channels=(16, 32), hid_blocks=(1, 1), heads=2, emb_features=64, dropout=0),
+    em=dataclasses.replace(PAPER.em, iterations=5, train_steps=256, batch_size=128, lr=1e-3,
+                           lr_end=1e-3, ema=0.99, steps=24, mean_samples=768),
+    start=GaussianStart(rank=16, iterations=4, observations=768, steps=24, cg_iterations=8),
+    eval_samples=512, eval_steps=24, reference=2048, feature_extractor="emdm-tiny",
+    scale="quick", name="table1_quick",
+)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_scaled(Table1Config, argv, quick=QUICK, paper=PAPER, prog="reproduce/table1.py")
+    if cfg.dry_run:
+        print(json.dumps(config_dict(cfg), indent=2))
+        return 0
+    if cfg.feature_extractor == "inception-v3-compat":
+        inception_weights_path(cfg.inception_weights or None)  # missing: stop before any work
+    ctx, begin, out = init(), time.perf_counter(), Path(cfg.out)
+    device = ctx.device(cfg.device)
+    if cfg.data == "cifar":
+        train = load_cifar10(cfg.data_dir or None)
+        x, reference = train[: cfg.observations], train[: cfg.reference]
+    else:  # a fresh truth sample is the reference
+        x = color_shapes(cfg.observations, cfg.size, torch.Generator().manual_seed(cfg.seed))
+        reference = color_shapes(cfg.reference, cfg.size, torch.Generator().manual_seed(1))
+    schedule = VESchedule(1e-3, 1e2)
+    floor = out / f"{cfg.name}_run" / "floor.jsonl"
+    if ctx.main and not (cfg.resume and floor.exists()):  # the score of truth itself
+        truth = load_cifar10(cfg.data_dir or None, "test") if cfg.data == "cifar" else \
+            color_shapes(cfg.eval_samples, cfg.size, torch.Generator().manual_seed(2))  # fmt: skip
+        m = fidelity_metrics(truth[: cfg.eval_samples], reference, device=device,
+                             feature_extractor=cfg.feature_extractor,
+                             inception_weights=cfg.inception_weights or None)  # fmt: skip
+        floor.parent.mkdir(parents=True, exist_ok=True)
+        floor.write_text("".join(json.dumps(dict(percent=0.0, covariance="truth", em_iteration=0,
+                                                 metric=f"{k}_floor", value=m[v])) + "\n"
+                                 for k, v in (("fid", "fid"), ("isc", "isc_mean"))))  # fmt: skip
+    runs = [(p, "tweedie") for p in cfg.percents]
+    runs += [(cfg.heuristic_percent, c) for c in cfg.heuristics]
+    for percent, covariance in runs:
+        label = f"{covariance}_{percent:g}"
+        run = out / f"{cfg.name}_run" / label
+        mask, y = cifar_observations(x, percent, torch.Generator().manual_seed(cfg.seed + 7),
+                                     cfg.sigma_y)  # fmt: skip
+        em = dataclasses.replace(cfg.em, covariance=covariance)
+
+        def evaluate(k, prior, mean, run=run, label=label):
+            gen = torch.Generator(device).manual_seed(cfg.seed + 1000 + k)
+            samples = draw(prior, mean, cfg.eval_samples, schedule, "ddim", cfg.eval_steps,
+                           cfg.em.sample_batch, gen, progress=not cfg.quiet).cpu()  # fmt: skip
+            m = fidelity_metrics(
+                samples,
+                reference,
+                feature_extractor=cfg.feature_extractor,
+                inception_weights=cfg.inception_weights or None,
+                device=device,
+            )
+            torch.save(samples[:64].clone(), run / f"samples_{k}.pt")
+            if not cfg.quiet:
+                print(f"{label} lap {k}: FID {m['fid']:.4g}, IS {m['isc_mean']:.4g}")
+            return {"fid": m["fid"], "isc": m["isc_mean"]}
+
+        def callback(k, samples, metrics, run=run, percent=percent, covariance=covariance):
+            with (run / "metrics.jsonl").open("a") as f:
+                for metric, value in metrics.items():
+                    f.write(json.dumps(dict(percent=percent, covariance=covariance,
+                                            em_iteration=k, metric=metric,
+                                            value=float(value))) + "\n")  # fmt: skip
+
+        if ctx.main:
+            run.mkdir(parents=True, exist_ok=True)
+            if not cfg.resume:
+                (run / "metrics.jsonl").unlink(missing_ok=True)
+        torch.manual_seed(cfg.seed)
+        denoiser = cfg.net.build().to(device)
+        learn_prior(denoiser, MaskOperator(mask), y, cfg.sigma_y**2, tuple(x.shape[1:]), em,
+                    schedule, cfg.start, directory=run, resume=cfg.resume,
+                    identity=run_identity(cfg) | {"run": label}, callback=callback,
+                    evaluate=evaluate, ctx=ctx, progress=not cfg.quiet)  # fmt: skip
+    if not ctx.main:
+        return 0
+    rows, finals = read_jsonl(floor), {}
+    for percent, covariance in runs:
+        run = out / f"{cfg.name}_run" / f"{covariance}_{percent:g}"
+        # a lap redone after a resume rewrites its rows: keep the last of each
+        kept = {(r["em_iteration"], r["metric"]): r for r in read_jsonl(run / "metrics.jsonl")}
+        rows += kept.values()
+        last = max(k for k, _ in kept)
+        finals[f"{covariance}, {percent:g} %, lap {last}"] = torch.load(run / f"samples_{last}.pt")
+    write_results(cfg.name, rows, config_dict(cfg), wall_time=time.perf_counter() - begin,
+                           out_dir=out, quick=cfg.scale == "quick", device=device)  # fmt: skip
+    suffix = cfg.name.removeprefix("table1")
+    save(laps(rows, ("fid", "isc")), out / f"fig4{suffix}.png")
+    save(image_grid(finals), out / f"fig15{suffix}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""The image-prior pipeline end to end at toy size: lap 0, EM laps, evaluation, resume."""
+
+import pytest
+import torch
+
+from emdm import VESchedule
+from emdm.data import cifar_observations, color_shapes
+from emdm.em import EMConfig
+from emdm.operators import MaskOperator
+from emdm.prior import GaussianStart, UNetConfig, draw, learn_prior
+
+SCHEDULE = VESchedule(1e-3, 1e2)
+NET = UNetConfig(hid_channels=(8, 16), hid_blocks=(1, 1), attention=(1,), heads=2,
+                 emb_features=16, dropout=0.0)  # fmt: skip
+CFG = EMConfig(iterations=2, train_steps=2, batch_size=16, steps=2, sample_batch=16, ema=0.5,
+               keep_range=0, flip=True, shift=1, seeding="batch", mean_samples=24)  # fmt: skip
+START = GaussianStart(rank=4, iterations=1, observations=24, steps=2, cg_iterations=2)
+
+
+def problem(n=32):
+    x = color_shapes(n, 8, torch.Generator().manual_seed(0))
+    mask, y = cifar_observations(x, 50, torch.Generator().manual_seed(1))
+    return MaskOperator(mask), y
+
+
+def model():
+    torch.manual_seed(0)
+    return NET.build()
+
+
+class Stop(Exception):
+    pass
+
+
+def test_learn_prior_runs_evaluates_and_resumes(tmp_path):
+    A, y = problem()
+    seen, evaluated = [], []
+
+    def evaluate(k, prior, mean):
+        evaluated.append(k)
+        assert mean.shape == (3, 8, 8)
+        return {"mean_norm": float(mean.norm())}
+
+    full, mean = learn_prior(model(), A, y, 1e-6, (3, 8, 8), CFG, SCHEDULE, START,
+                             directory=tmp_path / "full", evaluate=evaluate,
+                             callback=lambda k, x, m: seen.append((k, x.shape, set(m))),
+                             )  # fmt: skip
+    assert evaluated == [0, 1, 2] and [k for k, _, _ in seen] == [0, 1, 2]
+    assert all(shape == (32, 3, 8, 8) for _, shape, _ in seen)
+    assert {"loss", "kept", "guard", "mean_norm"} <= seen[-1][2]
+    assert torch.isfinite(full).all() and (tmp_path / "full" / "q0.pt").exists()
+    # the start mean moved to the mean of the samples (the paper's PPCA mean)
+    torch.testing.assert_close(mean, full[:24].mean(0))
+
+    def die(k, x, m):
+        if k == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        learn_prior(model(), A, y, 1e-6, (3, 8, 8), CFG, SCHEDULE, START,
+                    directory=tmp_path / "cut", callback=die)  # fmt: skip
+    resumed, _ = learn_prior(model(), A, y, 1e-6, (3, 8, 8), CFG, SCHEDULE, START,
+                             directory=tmp_path / "cut", resume=True)  # fmt: skip
+    assert torch.equal(full, resumed)
+    with pytest.raises(ValueError, match="holds a run already"):
+        learn_prior(model(), A, y, 1e-6, (3, 8, 8), CFG, SCHEDULE, START,
+                    directory=tmp_path / "cut")  # fmt: skip
+
+
+def test_pixel_shuffled_unet_and_draw():
+    net = UNetConfig(channels=4, hid_channels=(8, 16), hid_blocks=(1, 1), attention=(),
+                     emb_features=16, dropout=0.0, pixel_shuffle=2).build()  # fmt: skip
+    x = torch.randn(3, 8, 8)  # (B, H, W) images, unshuffled to (B, 4, 4, 4) inside
+    assert net(x, torch.full((3,), 0.5)).shape == (3, 8, 8)
+    samples = draw(net, torch.zeros(8, 8), 5, SCHEDULE, "ddim", 3, batch=2,
+                   generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert samples.shape == (5, 8, 8) and torch.isfinite(samples).all()
