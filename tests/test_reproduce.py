@@ -176,3 +176,12 @@ def test_fig6_tiny(tmp_path):
     assert set(frame.method) == {"posterior_mean", "zero_filled"}
     assert set(frame.acceleration) == {4.0, 8.0} and set(frame.metric) == {"psnr", "ssim"}
     assert (tmp_path / "fig6_quick.png").exists()
+
+
+@pytest.mark.parametrize("script", [table1, fig6])
+def test_image_scripts_stop_before_work_without_data(script, tmp_path, monkeypatch):
+    monkeypatch.setenv("EMDM_INCEPTION", str(tmp_path))  # a folder without the weights file
+    (tmp_path / "weights-inception-2015-12-05-6726825d.pth").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "absent")):
+        script.main(["--data-dir", str(tmp_path / "absent"), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
