@@ -10,6 +10,7 @@ folder and renamed once both are complete, so a crash never leaves a partial fil
 __all__ = ["provenance", "read_jsonl", "write_results"]
 
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
@@ -57,6 +58,18 @@ def _device_name(device: torch.device | str | None) -> str:
     return _cpu_name()
 
 
+def _versions(names: tuple[str, ...]) -> dict[str, str | None]:
+    r"""The installed versions of `names` (`None` where one is absent), without importing them:
+    FID and IS depend on torch-fidelity's version, for one."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 def provenance(device: torch.device | str | None = None) -> dict[str, Any]:
     r"""Returns where and with what a result was produced.
 
@@ -66,7 +79,8 @@ def provenance(device: torch.device | str | None = None) -> dict[str, Any]:
 
     Returns:
         A JSON-ready dictionary with the git commit (`None` outside a git checkout) and whether
-        the tree is dirty, the Python, torch, numpy and emdm versions, the platform, the device
+        the tree is dirty, the Python, torch, numpy and emdm versions, those of torch-fidelity,
+        torchvision, triton, POT and scipy, the platform, the device
         name, the number of torch threads and the UTC time.
     """
     from . import __version__
@@ -81,6 +95,7 @@ def provenance(device: torch.device | str | None = None) -> dict[str, Any]:
         "torch": torch.__version__,
         "numpy": np.__version__,
         "emdm": __version__,
+        "packages": _versions(("torch-fidelity", "torchvision", "triton", "pot", "scipy")),
         "platform": platform.platform(),
         "device": str(device) if device is not None else None,
         "device_name": _device_name(device),

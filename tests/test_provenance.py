@@ -82,3 +82,11 @@ def test_unserializable_config_fails_before_writing(tmp_path):
         config["self"] = config
         write_results("run", rows, config, wall_time=0.0, out_dir=tmp_path / "o", quick=True)
     assert not (tmp_path / "o").exists()
+
+
+def test_provenance_records_the_metric_packages_versions():
+    from emdm.provenance import provenance
+
+    packages = provenance()["packages"]
+    assert packages["torch-fidelity"] is not None  # FID and IS depend on it
+    assert set(packages) >= {"torch-fidelity", "triton", "pot"}
