@@ -25,6 +25,7 @@ result is an estimate, labelled so: `results/bench/em_cost.{csv,json}`.
 
 import dataclasses
 import sys
+import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -66,6 +67,7 @@ def per_image(net: UNetConfig, shape: tuple[int, ...], cg: int) -> dict[str, int
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(CostConfig, argv, prog="bench/em_cost.py")
+    start = time.perf_counter()
     cifar = UNetConfig()
     mri = UNetConfig(channels=16, hid_channels=(128, 256, 384, 512), hid_blocks=(3, 3, 3, 3),
                      attention=(3,), pixel_shuffle=4)  # fmt: skip
@@ -83,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"run": name, "metric": metric, "value": float(value)})
         print(f"{name}: {total:.3g} FLOP, about {hours:.0f} GPU-hours at {cfg.tflops:g} TFLOP/s")
     note = {"estimate": "FLOP counts times an assumed throughput, not timed"}
-    write_results("em_cost", rows, config_dict(cfg), wall_time=0.0, out_dir=cfg.out, quick=False,
-                  extra=note)  # fmt: skip
+    write_results("em_cost", rows, config_dict(cfg), wall_time=time.perf_counter() - start,
+                  out_dir=cfg.out, quick=False, extra=note)  # fmt: skip
     return 0
 
 
