@@ -78,19 +78,22 @@ class Context:
         dist.all_gather_object(shapes, max((tuple(t.shape) for t in local), default=None))
         full = max((s for s in shapes if s is not None), key=lambda s: s[0])
         slots, device = -(-n // self.world), _device()
-        padded = torch.zeros((slots, *full), dtype=like.dtype, device=device)
-        lengths = torch.zeros(slots, dtype=torch.int64, device=device)
-        for j, t in enumerate(local):
-            padded[j, : len(t)] = t
-            lengths[j] = len(t)
-        everything = [torch.empty_like(padded) for _ in range(self.world)]
-        all_lengths = [torch.empty_like(lengths) for _ in range(self.world)]
-        dist.all_gather(everything, padded)
-        dist.all_gather(all_lengths, lengths)
-        out = []
-        for i in range(n):
-            r, j = i % self.world, i // self.world
-            out.append(everything[r][j, : int(all_lengths[r][j])].to(like.device))
+        out: list[Tensor | None] = [None] * n
+        # one slot at a time: a device holds P batches at once, not the whole sample set
+        for j in range(slots):
+            item = torch.zeros(full, dtype=like.dtype, device=device)
+            length = torch.zeros(1, dtype=torch.int64, device=device)
+            if j < len(local):
+                item[: len(local[j])] = local[j]
+                length[0] = len(local[j])
+            items = [torch.empty_like(item) for _ in range(self.world)]
+            lengths = [torch.empty_like(length) for _ in range(self.world)]
+            dist.all_gather(items, item)
+            dist.all_gather(lengths, length)
+            for r in range(self.world):
+                i = r + j * self.world
+                if i < n:
+                    out[i] = items[r][: int(lengths[r])].to(like.device)
         return out
 
     def sum(self, value: float) -> float:
