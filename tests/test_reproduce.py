@@ -152,7 +152,8 @@ def test_table1_fig4_fig15_tiny_and_resume(tmp_path):
     assert set(frame.covariance) == {"tweedie", "identity", "truth"}  # truth: the floor
     fid = frame[frame.metric == "fid"]
     assert sorted(fid.em_iteration.unique()) == [0, 1] and (fid.value >= 0).all()
-    assert {"isc", "loss", "guard", "fid_floor"} <= set(frame.metric)
+    metrics = {"isc", "loss", "guard", "fid_floor", "fd_pixels", "fd_pixels_floor"}
+    assert metrics <= set(frame.metric)
     for name in ("fig4_quick.png", "fig15_quick.png", "table1_quick.json"):
         assert (tmp_path / name).exists()
     assert table1.main([*argv, "--resume"]) == 0  # finished: re-reports, recomputes nothing
