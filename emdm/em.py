@@ -43,6 +43,7 @@ from .loss import beta33, denoising_loss
 from .mmps import COVARIANCES, MMPS, SOLVERS
 from .samplers import SAMPLERS, sample
 from .schedule import Schedule
+from .solvers import DOTS
 
 
 @dataclasses.dataclass
@@ -62,6 +63,8 @@ class EMConfig:
     covariance: str = "tweedie"  # or a heuristic; "cov_x": q_0's covariance, the code's default
     cg_iterations: int = 2  # (until converged, rtol 1e-3)
     solver: str = "cg"  # or "dense": the exact solve, symmetrized and guarded (small y only)
+    dot: str = "sample"  # CG inner products per sample, or "batch": over each E-step batch, as
+    # the paper's image code (one jax cg on the batch array: one step size for all 256 samples)
     sample_batch: int = 4096  # observations per E-step batch
     keep_range: float = 3.0  # drop samples with a coordinate outside (-r, r); 0: keep all (3)
     flip: bool = False  # M-step augmentation: random horizontal flips of (B, C, H, W) images
@@ -82,6 +85,8 @@ class EMConfig:
             )
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
+        if self.dot not in DOTS:
+            raise ValueError(f"dot must be one of {DOTS}, got {self.dot!r}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if self.seeding not in ("stream", "batch"):
@@ -236,7 +241,9 @@ def e_step(
         c_i = c_i.to(device) if isinstance(c_i, Tensor) else c_i
         A_i = A[index]
         A_i = A_i.to(device) if hasattr(A_i, "to") else A_i
-        posterior = MMPS(denoiser, A_i, y_i, c_i, covariance, cfg.cg_iterations, solver=cfg.solver)
+        posterior = MMPS(
+            denoiser, A_i, y_i, c_i, covariance, cfg.cg_iterations, solver=cfg.solver, dot=cfg.dot
+        )
         if cfg.seeding == "batch":  # (seed, iteration, global batch index): rank-independent
             batch = ctx.rank + b * ctx.world
             seed = (cfg.seed * 1_000_003 + iteration) * 1_000_003 + batch

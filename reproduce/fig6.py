@@ -74,8 +74,9 @@ class Fig6Config:
 # 64 epochs over ~2 x 30k slices with batches of 256: ~15 000 Adam steps per lap
 PAPER = Fig6Config(
     em=EMConfig(iterations=16, train_steps=15000, batch_size=256, lr=1e-4, lr_end=1e-4, ema=0.999,
-                sampler="ddpm", steps=64, cg_iterations=3, sample_batch=256, keep_range=0,
-                flip=True, shift=4, seeding="batch", mean_samples=16384)
+                sampler="ddpm", steps=64, cg_iterations=3, dot="batch",
+                sample_batch=256, keep_range=0, flip=True, shift=4, seeding="batch",
+                mean_samples=16384)
 )  # fmt: skip
 QUICK = Fig6Config(
     data="phantoms", size=32, observations=768, duplicate=1,

@@ -78,8 +78,9 @@ class Table1Config:
 
 PAPER = Table1Config(
     em=EMConfig(iterations=32, train_steps=49920, batch_size=256, lr=2e-4, lr_end=2e-4,
-                ema=0.9999, sampler="ddpm", steps=256, cg_iterations=1, sample_batch=256,
-                keep_range=0, flip=True, shift=1, seeding="batch", mean_samples=16384)
+                ema=0.9999, sampler="ddpm", steps=256, cg_iterations=1, dot="batch",
+                sample_batch=256, keep_range=0, flip=True, shift=1, seeding="batch",
+                mean_samples=16384)
 )  # fmt: skip
 QUICK = Table1Config(
     data="shapes", size=16, observations=512, percents=(75.0,),

@@ -124,6 +124,8 @@ def test_bad_config():
         EMConfig(train_steps=0)
     with pytest.raises(ValueError, match="solver must be one of"):
         EMConfig(solver="lu")
+    with pytest.raises(ValueError, match="dot must be one of"):
+        EMConfig(dot="global")
 
 
 def test_dense_solver_matches_cg_on_scalar_systems():
@@ -141,6 +143,25 @@ def test_dense_solver_matches_cg_on_scalar_systems():
         runs[solver] = e_step(prior, A, y, 0.05**2, cfg, SCHEDULE, torch.zeros(2), g)
     assert runs["cg"][1] == runs["dense"][1] == 0
     torch.testing.assert_close(runs["cg"][0], runs["dense"][0], rtol=1e-4, atol=1e-4)
+
+
+def test_batch_dot_shares_one_cg_step_size_per_e_step_batch():
+    # 1-D observations: one per-sample CG step is the exact solve; a batch-global step size
+    # (the paper's jax cg on the batch array) is exact only for a batch of one
+    from emdm import DPLR, GaussianDenoiser
+    from emdm.em import e_step
+
+    A, y, _ = toy()
+    prior = GaussianDenoiser(torch.zeros(2), DPLR(torch.tensor([1.0, 0.5])))
+
+    def run(dot, sample_batch):
+        cfg = EMConfig(**{**CFG.__dict__, "cg_iterations": 1, "dot": dot,
+                          "sample_batch": sample_batch, "seeding": "stream"})  # fmt: skip
+        return e_step(prior, A, y, 0.05**2, cfg, SCHEDULE, torch.zeros(2),
+                      torch.Generator().manual_seed(0))[0]  # fmt: skip
+
+    torch.testing.assert_close(run("batch", 1), run("sample", 1), rtol=1e-4, atol=1e-4)
+    assert (run("batch", 96) - run("sample", 96)).abs().max() > 1e-2
 
 
 def test_augment_flips_and_shifts_with_reflection():
