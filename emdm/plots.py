@@ -103,10 +103,14 @@ def image_grid(panels: dict[str, torch.Tensor], columns: int = 8, rows: int = 2)
     return fig
 
 
+LABELS = {"fid": "FID", "isc": "IS", "fd_pixels": "Fréchet distance of pixels"}
+
+
 def laps(rows: Sequence[dict], metrics: Sequence[str]) -> Figure:
     r"""One panel per metric: its value against the EM iteration, one line per run, the runs
     told apart by the rows' `percent` and `covariance`."""
     fig, axes = figure(1, len(metrics), (4 * len(metrics), 3))
+    fig.set_layout_engine("constrained")  # no label runs into the next panel
     runs = sorted({(r["covariance"], r["percent"]) for r in rows})
     for ax, metric in zip(axes[0], metrics, strict=True):
         for covariance, percent in runs:
@@ -116,7 +120,7 @@ def laps(rows: Sequence[dict], metrics: Sequence[str]) -> Figure:
             if points:
                 k, v = zip(*points, strict=True)
                 ax.plot(k, v, marker="o", label=f"{covariance}, {percent:g} %")
-        ax.set(xlabel="EM iteration $k$", ylabel=metric.upper())
+        ax.set(xlabel="EM iteration $k$", ylabel=LABELS.get(metric, metric))
         if metric == "fid":
             ax.set_yscale("log", base=2)
     axes[0, 0].legend(fontsize=7)
