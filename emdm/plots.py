@@ -87,7 +87,8 @@ def pairs(
 def image_grid(panels: dict[str, torch.Tensor], columns: int = 8, rows: int = 2) -> Figure:
     r"""One block of images per panel (a row of blocks), each block `rows` x `columns` images of
     shape :math:`(C, H, W)` or :math:`(H, W)` in :math:`[-2, 2]`, titled by its key."""
-    fig, axes = figure(1, len(panels), (2.2 * len(panels) * columns / 8, 2.2 * rows / 2 + 0.4))
+    width = max(2.2 * columns / 8, 1.6)  # narrow blocks still leave room for their titles
+    fig, axes = figure(1, len(panels), (width * len(panels), 2.2 * rows / 2 + 0.4))
     for ax, (name, x) in zip(axes[0], panels.items(), strict=True):
         x = ((x[: rows * columns].float() + 2) / 4).clamp(0, 1)
         if x.ndim == 3:
