@@ -9,8 +9,9 @@ MMPS (DDPM 256 steps, CG 1). After every lap, the FID and IS of unconditional sa
 corruption level with the Tweedie covariance and, at 75 %, one per heuristic covariance:
 (I + Σ_t⁻¹)⁻¹ ("identity") and Σ_t ("sigma_t"). Beyond the paper, each run's final prior then
 redraws the E-step of the first observations with every covariance, and the error of those
-posterior samples on the deleted pixels is measured against the truth: the covariances
-compared on the same prior, apart from what the laps made of them.
+posterior samples on the deleted pixels is measured against the truth, and against a second
+draw (for exact posterior samples the two are equal in expectation: a calibration check): the
+covariances compared on the same prior, apart from what the laps made of them.
 
     python reproduce/table1.py --quick     # synthetic 16x16 shapes, tiny U-Net: ~30 min on CPU
     python reproduce/table1.py --data-dir DATA --inception-weights W.pth --device cuda
@@ -194,26 +195,34 @@ def main(argv: list[str] | None = None) -> int:
 def posterior_check(cfg, run, x, percent, covariance, lap, schedule, device) -> list[dict]:
     r"""Beyond the paper, the E-step apart from the laps: the run's final prior redraws the
     posterior samples of the first `cfg.posterior_check` observations with each covariance
-    (the same noise for all), and the root-mean-square error of the samples on the deleted
-    pixels against the truth is recorded as `posterior_rmse_<covariance>`. Cached in the run's
-    folder: a finished run re-reports it."""
+    (the same noise for all), twice with independent noise. Recorded on the deleted pixels:
+    `posterior_rmse_<covariance>`, the root-mean-square error of the first samples against the
+    truth, and `posterior_spread_<covariance>`, the root-mean-square difference of the two
+    draws. For exact posterior samples both are :math:`\sqrt{2\,\mathrm{tr}\,\mathbb{V}[x
+    \mid y] / n}` in expectation (the truth is itself a draw from the posterior of its own
+    observation), so spread < rmse means samples drawn too narrow, spread > rmse too wide.
+    Cached in the run's folder: a finished run re-reports it."""
     cache, n = run / f"posterior_{lap}.jsonl", min(cfg.posterior_check, len(x))
     if cache.exists() or n == 0:
         return read_jsonl(cache) if n else []
     mask, y = cifar_observations(x, percent, torch.Generator().manual_seed(cfg.seed + 7),
                                  cfg.sigma_y)  # fmt: skip
     mask, y, x = mask[:n], y[:n], x[:n]
-    hidden = mask.expand_as(x) == 0
+    hidden, A = mask.expand_as(x) == 0, MaskOperator(mask)
     prior, mean = load_prior(cfg.net, run, device)
     rows = []
     for c in dict.fromkeys(("tweedie", *cfg.heuristics)):
         em = dataclasses.replace(cfg.em, covariance=c)
-        g = torch.Generator(device).manual_seed(cfg.seed + 2000)
-        samples, _ = e_step(prior, MaskOperator(mask), y, cfg.sigma_y**2, em, schedule, mean, g,
-                            progress=not cfg.quiet, iteration=cfg.em.iterations + 1)  # fmt: skip
-        rmse = (samples.cpu() - x)[hidden].square().mean().sqrt().item()
-        rows.append(dict(percent=percent, covariance=covariance, em_iteration=lap,
-                         metric=f"posterior_rmse_{c}", value=rmse))  # fmt: skip
+        draws = []
+        for k in (1, 2):  # seeds unused by the laps' E-steps (iterations 1 to lap)
+            g = torch.Generator(device).manual_seed(cfg.seed + 1000 + 1000 * k)
+            samples, _ = e_step(prior, A, y, cfg.sigma_y**2, em, schedule, mean, g,
+                                progress=not cfg.quiet, iteration=lap + k)  # fmt: skip
+            draws.append(samples.cpu())
+        for name, other in (("rmse", x), ("spread", draws[1])):
+            value = (draws[0] - other)[hidden].square().mean().sqrt().item()
+            rows.append(dict(percent=percent, covariance=covariance, em_iteration=lap,
+                             metric=f"posterior_{name}_{c}", value=value))  # fmt: skip
     cache.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
 

@@ -154,9 +154,10 @@ def test_table1_fig4_fig15_tiny_and_resume(tmp_path):
     assert sorted(fid.em_iteration.unique()) == [0, 1] and (fid.value >= 0).all()
     metrics = {"isc", "loss", "guard", "fid_floor", "fd_pixels", "fd_pixels_floor"}
     assert metrics <= set(frame.metric)
-    check = frame[frame.metric.str.startswith("posterior_rmse_")]  # every prior x covariance
-    assert len(check) == 4 and (check.em_iteration == 1).all() and (check.value > 0).all()
-    assert set(check.metric) == {"posterior_rmse_tweedie", "posterior_rmse_identity"}
+    check = frame[frame.metric.str.startswith("posterior_")]  # every prior x covariance
+    assert len(check) == 8 and (check.em_iteration == 1).all() and (check.value > 0).all()
+    assert set(check.metric) == {f"posterior_{m}_{c}" for m in ("rmse", "spread")
+                                 for c in ("tweedie", "identity")}  # fmt: skip
     for name in ("fig4_quick.png", "fig15_quick.png", "table1_quick.json"):
         assert (tmp_path / name).exists()
     assert table1.main([*argv, "--resume"]) == 0  # finished: re-reports, recomputes nothing
