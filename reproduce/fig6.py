@@ -8,7 +8,7 @@ every observation used twice). Then, on held-out slices and new masks at each ac
 A^T y and the truth. Beyond the paper (which reports no MRI metric): PSNR and SSIM on
 (x + 2) / 4 of the posterior mean and of the zero-filled image against the truth.
 
-    python reproduce/fig6.py --quick       # 32x32 phantoms, tiny U-Net: ~10 min on 2 CPU cores
+    python reproduce/fig6.py --quick       # 32x32 phantoms, tiny U-Net: ~6 min on 2 CPU cores
     python reproduce/fig6.py --data-dir DATA --device cuda     # DATA/singlecoil_{train,val}
     torchrun --nproc_per_node=4 reproduce/fig6.py --data-dir DATA --device cuda
 
