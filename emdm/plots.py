@@ -104,7 +104,13 @@ def image_grid(panels: dict[str, torch.Tensor], columns: int = 8, rows: int = 2)
     return fig
 
 
-LABELS = {"fid": "FID", "isc": "IS", "fd_pixels": "Fréchet distance of pixels"}
+LABELS = {
+    "fid": "FID",
+    "isc": "IS",
+    "fd_pixels": "Fréchet distance of pixels",
+    "fid_estep": "FID of the E-step's samples",
+    "fd_pixels_estep": "E-step, pixels' FD",
+}
 
 
 def laps(rows: Sequence[dict], metrics: Sequence[str]) -> Figure:
@@ -122,7 +128,7 @@ def laps(rows: Sequence[dict], metrics: Sequence[str]) -> Figure:
                 k, v = zip(*points, strict=True)
                 ax.plot(k, v, marker="o", label=f"{covariance}, {percent:g} %")
         ax.set(xlabel="EM iteration $k$", ylabel=LABELS.get(metric, metric))
-        if metric == "fid":
+        if metric.startswith("fid"):
             ax.set_yscale("log", base=2)
     axes[0, 0].legend(fontsize=7)
     return fig

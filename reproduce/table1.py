@@ -5,7 +5,8 @@ Protocol (protocols §4): images masked per pixel (shared over RGB, `percent` % 
 the U-Net on the E-step's samples (warm start, EMA, flip + 1-px shift) and redraw them with
 MMPS (DDPM 256 steps, CG 1). After every lap, the FID and IS of unconditional samples (DDIM
 256) against the reference images, and the Fréchet distance between the pixels' Gaussian fits
-(second-order image statistics, what a covariance approximation gets wrong first). One run per
+(second-order image statistics, what a covariance approximation gets wrong first); the same
+FID and distance of the lap's E-step samples (what the M-step learns from). One run per
 corruption level with the Tweedie covariance and, at 75 %, one per heuristic covariance:
 (I + Σ_t⁻¹)⁻¹ ("identity") and Σ_t ("sigma_t"). Beyond the paper, each run's final prior then
 redraws the E-step of the first observations with every covariance, and the error of those
@@ -121,16 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     schedule = VESchedule(1e-3, 1e2)
     pixels = gaussian_statistics(reference.flatten(1))
 
-    def scores(samples):  # FID and IS (torch-fidelity), and the Fréchet distance of pixels
+    def scores(samples, isc=True):  # FID and IS (torch-fidelity), Fréchet distance of pixels
         m = fidelity_metrics(
             samples,
             reference,
             feature_extractor=cfg.feature_extractor,
             inception_weights=cfg.inception_weights or None,
+            isc=isc,
             device=device,
         )
         fd = frechet_distance(*gaussian_statistics(samples.flatten(1)), *pixels)
-        return {"fid": m["fid"], "isc": m["isc_mean"], "fd_pixels": float(fd)}
+        extra = {"isc": m["isc_mean"]} if isc else {}
+        return {"fid": m["fid"], **extra, "fd_pixels": float(fd)}
 
     floor = out / f"{cfg.name}_run" / "floor.jsonl"
     if ctx.main and not (cfg.resume and floor.exists()):  # the scores of truth itself
@@ -161,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             return m
 
         def callback(k, samples, metrics, run=run, percent=percent, covariance=covariance):
+            # the E-step's samples scored as the prior's: what the M-step is given to learn
+            metrics = metrics | {f"{m}_estep": v for m, v in scores(samples, isc=False).items()}
             with (run / "metrics.jsonl").open("a") as f:
                 for metric, value in metrics.items():
                     f.write(json.dumps(dict(percent=percent, covariance=covariance,
@@ -191,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     write_results(cfg.name, rows, config_dict(cfg), wall_time=time.perf_counter() - begin,
                            out_dir=out, quick=cfg.scale == "quick", device=device)  # fmt: skip
     suffix = cfg.name.removeprefix("table1")
-    save(laps(rows, ("fid", "isc", "fd_pixels")), out / f"fig4{suffix}.png")
+    save(laps(rows, ("fid", "isc", "fd_pixels", "fid_estep")), out / f"fig4{suffix}.png")
     save(image_grid(finals), out / f"fig15{suffix}.png")
     return 0
 

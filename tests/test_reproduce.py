@@ -154,6 +154,8 @@ def test_table1_fig4_fig15_tiny_and_resume(tmp_path):
     assert sorted(fid.em_iteration.unique()) == [0, 1] and (fid.value >= 0).all()
     metrics = {"isc", "loss", "guard", "fid_floor", "fd_pixels", "fd_pixels_floor"}
     assert metrics <= set(frame.metric)
+    estep = frame[frame.metric.isin(("fid_estep", "fd_pixels_estep"))]  # laps 0 and 1, 2 runs
+    assert len(estep) == 8 and (estep.value >= 0).all()
     check = frame[frame.metric.str.startswith("posterior_")]  # every prior x covariance
     assert len(check) == 8 and (check.em_iteration == 1).all() and (check.value > 0).all()
     assert set(check.metric) == {f"posterior_{m}_{c}" for m in ("rmse", "spread")
