@@ -17,13 +17,24 @@ and multiplies them by the runs' counts (protocols §4.3, §4.4, §5.3):
   with DDPM 64 and CG 3.
 
 The GPU-hours divide the operations by `tflops` (default 100 TFLOP/s: an assumption, about a
-quarter of an H100's dense bf16 peak, to be replaced by a measured step time on a GPU). The
-result is an estimate, labelled so: `results/bench/em_cost.{csv,json}`.
+quarter of an H100's dense bf16 peak). The result is an estimate, labelled so:
+`results/bench/em_cost.{csv,json}`.
 
-    python bench/em_cost.py            # seconds on a CPU (it runs each network on one image)
+With `--measure`, the same runs are also costed from timed calls on `--device`: a training step
+(loss, backward, Adam), an MMPS call's network work (a forward and k + 1 VJPs through one graph)
+and a sampling step (a forward without graph), each on a batch of `--batch` images, the median of
+`--repeats` after a warm-up, divided by the batch. Hours = laps x (training images x time per
+training image + E-step images x steps x time per MMPS image + evaluation images x steps x time
+per forward image); the achieved TFLOP/s is the counted operations over the measured time.
+On a GPU that is the measured GPU-hours of one device (float32, as the networks are built):
+
+    python bench/em_cost.py                                        # counts only, seconds
+    python bench/em_cost.py --measure --device cuda --batch 256    # measured, on one GPU
+    python bench/em_cost.py --measure --batch 2 --repeats 3        # on a CPU: minutes
 """
 
 import dataclasses
+import statistics
 import sys
 import time
 
@@ -31,7 +42,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from emdm import VESchedule
-from emdm.config import config_dict, parse_config
+from emdm.config import check_device, config_dict, parse_config
 from emdm.loss import denoiser_loss
 from emdm.prior import UNetConfig
 from emdm.provenance import write_results
@@ -40,7 +51,16 @@ from emdm.provenance import write_results
 @dataclasses.dataclass
 class CostConfig:
     tflops: float = 100.0  # assumed sustained TFLOP/s of one GPU
+    measure: bool = False  # also time the three calls on `device`
+    device: str = "cpu"
+    batch: int = 256  # images per timed call
+    repeats: int = 10  # timed calls per measurement (after one warm-up call)
     out: str = "results/bench"
+
+    def __post_init__(self):
+        check_device(self.device)
+        if self.batch < 1 or self.repeats < 1:
+            raise ValueError(f"batch and repeats must be >= 1, got {self.batch}, {self.repeats}")
 
 
 def flops(fn) -> int:
@@ -65,6 +85,50 @@ def per_image(net: UNetConfig, shape: tuple[int, ...], cg: int) -> dict[str, int
     return {"forward": forward, "train": train, "vjp": vjp, "mmps": forward + (cg + 1) * vjp}
 
 
+def seconds(fn, device: torch.device, repeats: int) -> float:
+    r"""The median wall time of `fn` over `repeats` calls after one warm-up call."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    fn()
+    times = []
+    for _ in range(repeats):
+        sync()
+        begin = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - begin)
+    return statistics.median(times)
+
+
+def timed_per_image(net: UNetConfig, shape: tuple[int, ...], cg: int, cfg: CostConfig):
+    r"""Measured seconds per image of a training step, an MMPS call's network work and a
+    sampling step, at a batch of `cfg.batch` images on `cfg.device`."""
+    device = torch.device(cfg.device)
+    torch.manual_seed(0)
+    denoiser = net.build().to(device)
+    optimizer = torch.optim.Adam(denoiser.parameters(), lr=1e-4)
+    schedule = VESchedule(1e-3, 1e2)
+    x = torch.randn(cfg.batch, *shape, device=device)
+    sigma = torch.ones(cfg.batch, device=device)
+
+    def train():
+        optimizer.zero_grad(set_to_none=True)
+        denoiser_loss(denoiser, x, schedule).backward()
+        optimizer.step()
+
+    def mmps():  # a forward and k + 1 VJPs through one graph (the CG algebra is negligible)
+        x_t = x.clone().requires_grad_()
+        out = denoiser(x_t, sigma)
+        for i in range(cg + 1):
+            torch.autograd.grad(out, x_t, torch.randn_like(out), retain_graph=i < cg)
+
+    def forward():
+        with torch.no_grad():
+            denoiser(x, sigma)
+
+    return {name: seconds(fn, device, cfg.repeats) / cfg.batch
+            for name, fn in (("train", train), ("mmps", mmps), ("forward", forward))}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(CostConfig, argv, prog="bench/em_cost.py")
     start = time.perf_counter()
@@ -84,9 +148,22 @@ def main(argv: list[str] | None = None) -> int:
                               ("flop_total", total), ("gpu_hours_estimate", hours)]:  # fmt: skip
             rows.append({"run": name, "metric": metric, "value": float(value)})
         print(f"{name}: {total:.3g} FLOP, about {hours:.0f} GPU-hours at {cfg.tflops:g} TFLOP/s")
+        if cfg.measure:
+            t = timed_per_image(net, shape, cg, cfg)
+            spent = laps * (train * t["train"] + estep * t["mmps"] + evaluation * t["forward"])
+            achieved = total / spent / 1e12
+            for metric, value in [*((f"seconds_{k}_per_image", v) for k, v in t.items()),
+                                  ("hours_measured", spent / 3600),
+                                  ("tflops_achieved", achieved)]:  # fmt: skip
+                rows.append({"run": name, "metric": metric, "value": float(value)})
+            print(f"{name}: measured on {cfg.device} at batch {cfg.batch}: "
+                  f"{spent / 3600:.3g} device-hours, {achieved:.3g} TFLOP/s")  # fmt: skip
     note = {"estimate": "FLOP counts times an assumed throughput, not timed"}
-    write_results("em_cost", rows, config_dict(cfg), wall_time=time.perf_counter() - start,
-                  out_dir=cfg.out, quick=False, extra=note)  # fmt: skip
+    if cfg.measure:
+        note["measured"] = f"hours_measured: timed on {cfg.device} at batch {cfg.batch}"
+    name = f"em_cost_{cfg.device.split(':')[0]}" if cfg.measure else "em_cost"
+    write_results(name, rows, config_dict(cfg), wall_time=time.perf_counter() - start,
+                  out_dir=cfg.out, quick=False, device=cfg.device, extra=note)  # fmt: skip
     return 0
 
 
