@@ -6,7 +6,8 @@ the U-Net on the E-step's samples (warm start, EMA, flip + 1-px shift) and redra
 MMPS (DDPM 256 steps, CG 1). After every lap, the FID and IS of unconditional samples (DDIM
 256) against the reference images, and the Fréchet distance between the pixels' Gaussian fits
 (second-order image statistics, what a covariance approximation gets wrong first); the same
-FID and distance of the lap's E-step samples (what the M-step learns from). One run per
+FID and distance of the lap's E-step samples (what the M-step learns from; their floor is the
+observed images themselves). One run per
 corruption level with the Tweedie covariance and, at 75 %, one per heuristic covariance:
 (I + Σ_t⁻¹)⁻¹ ("identity") and Σ_t ("sigma_t"). Beyond the paper, each run's final prior then
 redraws the E-step of the first observations with every covariance, and the error of those
@@ -139,10 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     if ctx.main and not (cfg.resume and floor.exists()):  # the scores of truth itself
         truth = load_cifar10(cfg.data_dir or None, "test") if cfg.data == "cifar" else \
             color_shapes(cfg.eval_samples, cfg.size, torch.Generator().manual_seed(2))  # fmt: skip
+        # the E-step's: its samples equal to the images the observations were taken of
+        values = scores(truth[: cfg.eval_samples]) | {
+            f"{k}_estep": v for k, v in scores(x, isc=False).items()
+        }
         floor.parent.mkdir(parents=True, exist_ok=True)
         floor.write_text("".join(json.dumps(dict(percent=0.0, covariance="truth", em_iteration=0,
                                                  metric=f"{k}_floor", value=v)) + "\n"
-                                 for k, v in scores(truth[: cfg.eval_samples]).items())
+                                 for k, v in values.items())
                          )  # fmt: skip
     runs = [(p, "tweedie") for p in cfg.percents]
     runs += [(cfg.heuristic_percent, c) for c in cfg.heuristics]

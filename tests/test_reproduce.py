@@ -156,6 +156,7 @@ def test_table1_fig4_fig15_tiny_and_resume(tmp_path):
     assert metrics <= set(frame.metric)
     estep = frame[frame.metric.isin(("fid_estep", "fd_pixels_estep"))]  # laps 0 and 1, 2 runs
     assert len(estep) == 8 and (estep.value >= 0).all()
+    assert {"fid_estep_floor", "fd_pixels_estep_floor"} <= set(frame.metric)
     check = frame[frame.metric.str.startswith("posterior_")]  # every prior x covariance
     assert len(check) == 8 and (check.em_iteration == 1).all() and (check.value > 0).all()
     assert set(check.metric) == {f"posterior_{m}_{c}" for m in ("rmse", "spread")
