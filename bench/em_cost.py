@@ -26,7 +26,9 @@ and a sampling step (a forward without graph), each on a batch of `--batch` imag
 `--repeats` after a warm-up, divided by the batch. Hours = laps x (training images x time per
 training image + E-step images x steps x time per MMPS image + evaluation images x steps x time
 per forward image); the achieved TFLOP/s is the counted operations over the measured time.
-On a GPU that is the measured GPU-hours of one device (float32, as the networks are built):
+On a GPU that is the measured GPU-hours of one device (float32, as the networks are built). At
+the runs' batch of 256 the training step's Adam update weighs per image as in the runs; a
+smaller batch over-counts it.
 
     python bench/em_cost.py                                        # counts only, seconds
     python bench/em_cost.py --measure --device cuda --batch 256    # measured, on one GPU
@@ -161,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     note = {"estimate": "FLOP counts times an assumed throughput, not timed"}
     if cfg.measure:
         note["measured"] = f"hours_measured: timed on {cfg.device} at batch {cfg.batch}"
-    name = f"em_cost_{cfg.device.split(':')[0]}" if cfg.measure else "em_cost"
-    write_results(name, rows, config_dict(cfg), wall_time=time.perf_counter() - start,
+    stem = f"em_cost_{cfg.device.split(':')[0]}" if cfg.measure else "em_cost"
+    write_results(stem, rows, config_dict(cfg), wall_time=time.perf_counter() - start,
                   out_dir=cfg.out, quick=False, device=cfg.device, extra=note)  # fmt: skip
     return 0
 
