@@ -15,7 +15,7 @@ posterior samples on the deleted pixels is measured against the truth, and again
 draw (for exact posterior samples the two are equal in expectation: a calibration check): the
 covariances compared on the same prior, apart from what the laps made of them.
 
-    python reproduce/table1.py --quick     # 16x16 shapes, 90 %, tiny U-Net: ~22 min, 2 CPU cores
+    python reproduce/table1.py --quick     # 16x16 shapes, 90 %, tiny U-Net: ~18 min, 2 CPU cores
     python reproduce/table1.py --data-dir DATA --inception-weights W.pth --device cuda
     torchrun --nproc_per_node=4 reproduce/table1.py --data-dir DATA --inception-weights W.pth \
         --device cuda
