@@ -51,6 +51,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from .checks import check_finite
 from .denoisers.base import broadcast_sigma, per_sample
 from .operators.base import transpose
 from .schedule import VPSchedule
@@ -64,8 +65,9 @@ class Guidance(ABC):
         denoiser: The prior denoiser :math:`d(\tilde{x}_t, \tilde{\sigma}_t)`.
         A: The linear operator, a callable on :math:`(B, *)`; its `.T` is the adjoint, or
             autograd provides it.
-        y: The observations, with shape :math:`(B, *)`.
-        cov_y: The noise variance :math:`\sigma_y^2`, a positive float.
+        y: The observations, with shape :math:`(B, *)`, finite (checked once here); the
+            dtype the sampler's :math:`\tilde{x}_t` must have.
+        cov_y: The noise variance :math:`\sigma_y^2`, a positive finite float.
     """
 
     #: Network vector-Jacobian products per call.
@@ -76,14 +78,20 @@ class Guidance(ABC):
             raise ValueError("denoiser and A must be callable")
         if not isinstance(y, Tensor) or y.ndim < 1:
             raise ValueError("y must be a tensor with shape (B, *)")
-        if not isinstance(cov_y, int | float) or not cov_y > 0:
-            raise ValueError(f"cov_y must be a positive float (σ_y²), got {cov_y!r}")
+        check_finite(y, "y")  # once here: one host synchronization on CUDA
+        if not isinstance(cov_y, int | float) or not (cov_y > 0 and math.isfinite(cov_y)):
+            raise ValueError(f"cov_y must be a positive float (σ_y²), and finite, got {cov_y!r}")
         self.denoiser, self.A, self.y, self.cov_y = denoiser, A, y, float(cov_y)
 
     def _forward(self, x_t: Tensor, sigma: Tensor, grad: bool = True):
         if x_t.ndim < 1 or x_t.shape[0] != self.y.shape[0]:
             raise ValueError(
                 f"x_t must have shape (B, *) with B = {self.y.shape[0]}, got {tuple(x_t.shape)}"
+            )
+        if x_t.dtype != self.y.dtype:  # an attribute comparison: free on every call
+            raise ValueError(
+                f"x_t has dtype {x_t.dtype} but y has dtype {self.y.dtype}: draw the sampler's "
+                f"start x1 in {self.y.dtype}, or cast y (and A) to {x_t.dtype}"
             )
         sigma = broadcast_sigma(sigma, x_t)
         with torch.enable_grad():

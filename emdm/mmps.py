@@ -40,6 +40,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .checks import check_finite
 from .denoisers.base import broadcast_sigma, per_sample
 from .denoisers.gaussian import posterior_covariance
 from .dplr import DPLR
@@ -63,12 +64,15 @@ def _check_cov_y(cov_y, y: Tensor) -> Tensor | DPLR:
             raise ValueError(
                 f"cov_y has batch shape {tuple(cov_y.batch_shape)}, expected () or ({y.shape[0]},)"
             )
+        factors = [t for t in (cov_y.D, cov_y.U, cov_y.V) if t is not None]
+        if not all(bool(torch.isfinite(t).all()) for t in factors):
+            raise ValueError("cov_y is a DPLR with NaN or infinite entries in D, U or V")
         if not bool(torch.all(cov_y.D > 0)):
             raise ValueError("cov_y must be positive definite: its diagonal D has entries <= 0")
         return cov_y
     if isinstance(cov_y, int | float):
-        if not cov_y > 0:
-            raise ValueError(f"cov_y must be positive, got {cov_y}")
+        if not (cov_y > 0 and math.isfinite(cov_y)):
+            raise ValueError(f"cov_y must be positive and finite, got {cov_y}")
         return torch.as_tensor(cov_y, dtype=y.dtype, device=y.device)
     if isinstance(cov_y, Tensor):
         try:
@@ -80,8 +84,12 @@ def _check_cov_y(cov_y, y: Tensor) -> Tensor | DPLR:
                 f"cov_y of shape {tuple(cov_y.shape)} (a diagonal) does not broadcast to y of "
                 f"shape {tuple(y.shape)}"
             )
-        if not bool(torch.all(cov_y > 0)):
-            raise ValueError("cov_y must be positive: it has entries <= 0")
+        if not bool(torch.all((cov_y > 0) & torch.isfinite(cov_y))):
+            raise ValueError(
+                f"cov_y must be positive and finite: of its {cov_y.numel()} entries, "
+                f"{int((cov_y <= 0).sum())} are <= 0 and {int(cov_y.isnan().sum())} NaN, "
+                f"{int(cov_y.isinf().sum())} infinite"
+            )
         return cov_y.to(device=y.device)
     raise ValueError(
         f"cov_y must be a positive float, a diagonal tensor or a DPLR, got {type(cov_y).__name__}"
@@ -96,9 +104,12 @@ class MMPS:
         denoiser: The prior denoiser :math:`d(x_t, \sigma)`, differentiable w.r.t. `x_t`.
         A: The linear observation operator, a callable on :math:`(B, *)` tensors; its `.T`
             is the adjoint, or autograd provides it.
-        y: The observations, with shape :math:`(B, *)`.
+        y: The observations, with shape :math:`(B, *)`, finite; their dtype is the one the
+            sampler's :math:`x_t` must have.
         cov_y: The noise covariance :math:`\Sigma_y`: a positive float, a positive diagonal
-            tensor broadcastable to `y`, or a :class:`DPLR` on the flattened `y`.
+            tensor broadcastable to `y`, or a :class:`DPLR` on the flattened `y`, finite.
+            `y` and `cov_y` are checked once here (a host synchronization each on CUDA); a
+            matrix or mask inside `A` is checked when the operator is built.
         covariance: The covariance :math:`V_t`: one of `"tweedie"`, `"zero"`, `"sigma_t"`,
             `"identity"`, or a :class:`DPLR` prior covariance :math:`\Sigma_x`.
         iterations: The number of CG iterations, at least 1 (unused by `solver="dense"`).
@@ -142,6 +153,7 @@ class MMPS:
             raise ValueError(f"A must be a callable linear operator, got {type(A).__name__}")
         if not isinstance(y, Tensor) or y.ndim < 1:
             raise ValueError("y must be a tensor with shape (B, *)")
+        check_finite(y, "y")
         if isinstance(covariance, str):
             if covariance not in COVARIANCES:
                 raise ValueError(
@@ -187,6 +199,11 @@ class MMPS:
             raise ValueError(
                 f"x_t must have shape (B, *) with B = {self.y.shape[0]} as y, "
                 f"got {tuple(x_t.shape)}"
+            )
+        if x_t.dtype != self.y.dtype:  # an attribute comparison: free on every call
+            raise ValueError(
+                f"x_t has dtype {x_t.dtype} but y has dtype {self.y.dtype}: draw the sampler's "
+                f"start x1 in {self.y.dtype}, or cast y (and A) to {x_t.dtype}"
             )
         out_shape = getattr(self.A, "out_shape", None)
         if out_shape is not None:

@@ -25,3 +25,13 @@ def random_dplr(N, r, gen, batch=(), dtype=torch.float64):
     D = torch.rand((*batch, N), generator=gen, dtype=dtype) + 0.5
     U = torch.randn((*batch, N, r), generator=gen, dtype=dtype) / r**0.5
     return D, U
+
+
+def write_fake_inception(path):
+    r"""Writes a stand-in for torch-fidelity's Inception-v3 weights file: the entries
+    `emdm.metrics.fidelity.inception_weights_path` checks, with their shapes (zeros), not
+    the whole network; enough for tests that never run Inception."""
+    from emdm.metrics.fidelity import _INCEPTION_ENTRIES
+
+    torch.save({k: torch.zeros(shape) for k, shape in _INCEPTION_ENTRIES.items()}, path)
+    return path

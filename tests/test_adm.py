@@ -95,6 +95,24 @@ def test_load_errors(tmp_path):
         load_adm(tmp_path / "bad.pt", cfg)
 
 
+def test_a_damaged_checkpoint_is_named_with_what_to_do(tmp_path):
+    from emdm.errors import UserError
+
+    state = ADMUNet(SMALL).state_dict()
+    state["out.2.bias"][0] = float("nan")
+    cases = {  # a garbage file used to fail in torch's unpickler, naming neither file nor cure
+        "text.pt": (lambda p: p.write_text("<html>404 Not Found</html>"), "not a readable"),
+        "empty.pt": (lambda p: p.write_bytes(b""), "not a readable"),
+        "list.pt": (lambda p: torch.save([1, 2], p), "holds a list, not a state dict"),
+        "nan.pt": (lambda p: torch.save(state, p), r"NaN or infinite weights .*out\.2\.bias"),
+    }
+    for name, (write, match) in cases.items():
+        write(tmp_path / name)
+        with pytest.raises(UserError, match=match) as error:
+            load_adm(tmp_path / name, SMALL)
+        assert str(tmp_path / name) in str(error.value) and "ffhq_10m.pt" in str(error.value)
+
+
 def test_mmps_through_the_adm_prior():
     from emdm import MMPS, VPSchedule
     from emdm.baselines import EpsilonDenoiser

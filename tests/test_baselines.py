@@ -161,6 +161,25 @@ def test_bad_input(problem):
 
 
 @pytest.mark.parametrize("name", sorted(BASELINES))
+def test_non_finite_input_and_a_dtype_mismatch_are_named(problem, name):
+    denoiser, S, A, y, x_t = problem
+    counting = CountingDenoiser(denoiser)
+    for bad in (math.nan, math.inf):  # each used to give non-finite corrections, silently
+        y_bad = y.clone()
+        y_bad[1, 0] = bad
+        with pytest.raises(ValueError, match=r"y of shape \(4, 2\) has .* expected finite"):
+            BASELINES[name](counting, DenseOperator(A), y_bad, COV_Y)
+        with pytest.raises(ValueError, match=f"cov_y must be a positive float .* got {bad}"):
+            BASELINES[name](counting, DenseOperator(A), y, bad)
+    guidance = BASELINES[name](counting, DenseOperator(A), y, COV_Y)
+    with pytest.raises(
+        ValueError, match=r"x_t has dtype torch\.float32 but y has dtype torch\.float64"
+    ):
+        guidance(x_t.float(), torch.ones(B))
+    assert counting.forwards == 0
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
 def test_each_baseline_samples_finite_of_the_right_shape(problem, name):
     denoiser, S, A, y, _ = problem
     baseline = BASELINES[name](denoiser, DenseOperator(A), y, COV_Y)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from emdm.data import RandomManifold, observe, random_projections
+from emdm.errors import UserError
 
 
 def test_manifold_shapes_range_and_harmonics():
@@ -79,6 +80,13 @@ def test_load_images(tmp_path):
     (tmp_path / "00003.png").write_bytes(b"not an image")
     with pytest.raises(ValueError, match=r"00003\.png is not a readable image"):
         load_images(tmp_path, 8)
+    # PNGs damaged in their header, or in their data (which fail only when decoded)
+    png = (tmp_path / "00001.png").read_bytes()
+    idat = png.index(b"IDAT")
+    for damaged in (png[:16] + b"\x00" * 8 + png[24:], png[: idat + 20]):
+        (tmp_path / "00003.png").write_bytes(damaged)
+        with pytest.raises(UserError, match=r"00003\.png is not a readable image .*replace or"):
+            load_images(tmp_path, 8)
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no"):
         load_images(tmp_path / "empty", 8)
@@ -123,6 +131,44 @@ def test_cifar_loader_and_observations(tmp_path, monkeypatch):
     (folder / "test_batch").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="is not a CIFAR-10 batch"):
         load_cifar10(tmp_path, split="test")
+
+
+def _pixels(value, dtype):
+    data = np.full((4, 3072), 7, dtype=dtype)
+    data[1, 5] = value
+    return {b"data": data, b"labels": [0] * 4}
+
+
+@pytest.mark.parametrize(
+    "batch, match",
+    [  # each used to be accepted: wrapped to uint8 (300 -> 44, -1 -> 255) or cast from NaN
+        (_pixels(300, np.int64), r"pixels in \[7, 300\], expected bytes in \[0, 255\]"),
+        (_pixels(-1, np.int16), r"pixels in \[-1, 7\], expected bytes in \[0, 255\]"),
+        (_pixels(np.nan, np.float32), "1 NaN or infinite pixels"),
+        (_pixels(np.inf, np.float64), "1 NaN or infinite pixels"),
+        (_pixels(3.5, np.float64), "pixels that are not integers"),
+        (_pixels(b"x", object), "pixels of dtype object"),
+        ([1, 2, 3], r"is not a CIFAR-10 batch \(TypeError"),
+        ({b"labels": []}, r"is not a CIFAR-10 batch \(KeyError"),
+    ],
+)
+def test_cifar_loader_refuses_what_is_not_bytes(tmp_path, batch, match):
+    import pickle
+
+    from emdm.data import load_cifar10
+    from emdm.errors import UserError
+
+    folder = write_fake_cifar(tmp_path)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump(batch, f)
+    with pytest.raises(UserError, match=match) as error:
+        load_cifar10(tmp_path, split="test")
+    assert str(folder / "test_batch") in str(error.value)
+    assert "cifar-10-python.tar.gz" in str(error.value)  # what to do
+    # integers in range, in a wider dtype, are the same bytes
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump(_pixels(255, np.int64), f)
+    assert load_cifar10(tmp_path, split="test")[1].flatten()[5] == 4 * 255 / 256 - 2
 
 
 def test_color_shapes_are_seeded_images_in_the_cifar_range():

@@ -66,6 +66,40 @@ def test_gaussian_denoiser_image_shapes(gen):
         GaussianDenoiser(torch.ones(4), DPLR(D, U))
 
 
+def test_gaussian_denoiser_rejects_a_covariance_that_is_not_one(gen):
+    D, U = random_dplr(5, 2, gen)
+    mean = torch.zeros(5, dtype=torch.float64)
+    D_neg = D.clone()
+    D_neg[3] = -0.5  # used to give a finite, wrong denoiser
+    with pytest.raises(
+        ValueError, match=r"positive semi-definite.*diagonal part D has 1 negative"
+    ):
+        GaussianDenoiser(mean, DPLR(D_neg, U))
+    with pytest.raises(
+        ValueError, match=r"positive semi-definite.*diagonal part D has 1 negative"
+    ):
+        GaussianDenoiser(mean, DPLR(D_neg))
+    # another V: D >= 0 is not enough, the diagonal D + sum_j U_ij V_ji must be >= 0 too
+    V = -4 * U.mT
+    with pytest.raises(ValueError, match=r"D \+ sum_j U_ij V_ji has \d negative"):
+        GaussianDenoiser(mean, DPLR(D, U, V))
+    GaussianDenoiser(mean, DPLR(D, U, U.mT.clone()))  # V = U^T given explicitly: accepted
+    GaussianDenoiser(mean, DPLR(torch.zeros(5, dtype=torch.float64), U))  # PSD, singular
+    for bad in (math.nan, math.inf):
+        m = mean.clone()
+        m[0] = bad
+        with pytest.raises(ValueError, match=r"mean of shape \(5,\) has"):
+            GaussianDenoiser(m, DPLR(D, U))
+        U_bad = U.clone()
+        U_bad[1, 1] = bad
+        with pytest.raises(ValueError, match=r"the covariance's U of shape \(5, 2\) has"):
+            GaussianDenoiser(mean, DPLR(D, U_bad))
+        D_bad = D.clone()
+        D_bad[2] = bad
+        with pytest.raises(ValueError, match="the covariance's D of shape"):
+            GaussianDenoiser(mean, DPLR(D_bad, U))
+
+
 # Gaussian mixture
 
 
@@ -227,6 +261,19 @@ def test_edm_preconditioning(gen, sigma):
     # F = identity: d = (c_skip + c_out c_in) x_t = (1 + sigma) / (sigma² + 1) x_t
     d = EDMDenoiser(Recorder(lambda x: x), emb_features=8).double()
     torch.testing.assert_close(d(x_t, s), (1 + sigma) / (sigma**2 + 1) * x_t)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.nan, math.inf])
+def test_edm_rejects_a_noise_level_outside_zero_infinity(bad):
+    # ln sigma used to turn these into NaN or infinite outputs, silently
+    net = Recorder(lambda x: x)
+    d = EDMDenoiser(net, emb_features=8)
+    sigma = torch.tensor([0.5, bad, 2.0])
+    with pytest.raises(ValueError, match=r"0 < sigma < inf .*got \[(nan|inf|-?\d)"):
+        d(torch.zeros(3, 4), sigma)
+    with pytest.raises(ValueError, match="0 < sigma < inf"):
+        d(torch.zeros(3, 4), bad)  # a scalar, broadcast
+    assert net.calls == []
 
 
 def test_broadcast_sigma_validation():

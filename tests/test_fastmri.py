@@ -94,6 +94,32 @@ def test_load_errors(tmp_path):
         load_fastmri(tmp_path, size=16)
 
 
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        (np.nan, r"has 1 NaN or infinite values and maximum 1\.0 over the finite ones"),
+        (np.inf, r"has 1 NaN or infinite values"),
+        (None, r"has 0 NaN or infinite values and maximum 0\.0"),  # an all-zero volume
+    ],
+)
+def test_a_volume_with_non_finite_or_no_positive_values_is_named(tmp_path, value, match):
+    from emdm.errors import UserError
+
+    folder = tmp_path / "singlecoil_train"
+    write_fake_fastmri(folder, 2, slices=12, size=16)
+    r = np.ones((12, 16, 16), np.float32)
+    if value is None:
+        r[:] = 0
+    else:
+        r[10, 3, 4] = value
+    with h5py.File(folder / "file1000001.h5", "w") as f:
+        f.create_dataset("reconstruction_rss", data=r)
+    with pytest.raises(UserError, match=match) as error:
+        load_fastmri(tmp_path, size=16)
+    message = str(error.value)
+    assert "file1000001.h5: reconstruction_rss[10:12]" in message and "extract it again" in message
+
+
 def test_line_mask_statistics():
     n, W, R = 4000, 320, 4
     g = torch.Generator().manual_seed(0)

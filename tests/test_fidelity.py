@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 import torch_fidelity
+from conftest import write_fake_inception
 from torch_fidelity.utils import create_feature_extractor
 
 from emdm.data import load_cifar10
+from emdm.errors import UserError
 from emdm.metrics import (
     INCEPTION,
     INCEPTION_FILE,
@@ -180,6 +182,50 @@ def test_missing_inception_weights_fail_before_any_work(tmp_path, monkeypatch, n
         inception_weights_path(tmp_path)
 
 
+def _wrong_network(path):
+    # torchvision's Inception-v3 has 1000 classes, torch-fidelity's 1008
+    state = {"Conv2d_1a_3x3.conv.weight": torch.zeros(32, 3, 3, 3),
+             "fc.weight": torch.zeros(1000, 2048), "fc.bias": torch.zeros(1000)}  # fmt: skip
+    torch.save(state, path)
+
+
+def _nan_weights(path):
+    write_fake_inception(path)
+    state = torch.load(path)
+    state["fc.bias"][3] = float("nan")
+    torch.save(state, path)
+
+
+@pytest.mark.parametrize(
+    "write, match",
+    [
+        (lambda p: p.write_text("version https://git-lfs.github.com/spec/v1\n"), "not a readable"),
+        (lambda p: p.write_bytes(b""), "not a readable"),
+        (lambda p: p.write_bytes(b"PK\x03\x04truncated"), "not a readable"),
+        (lambda p: torch.save([torch.zeros(2)], p), "not a state dict"),
+        (_wrong_network, r"fc\.weight: \(1000, 2048\), expected \(1008, 2048\)"),
+        (_nan_weights, r"NaN or infinite weights in 1 tensors \(first: \['fc\.bias'\]\)"),
+    ],
+)
+def test_damaged_inception_weights_fail_before_any_work(tmp_path, write, match, no_work):
+    # a garbage file used to fail inside torch-fidelity, after the sampling, with
+    # "invalid literal for int()"
+    weights = tmp_path / INCEPTION_FILE
+    write(weights)
+    x = images(20, 0)
+    for call in (
+        lambda: inception_weights_path(weights),
+        lambda: fidelity_metrics(x, x, inception_weights=weights, device="cpu"),
+    ):
+        with pytest.raises(UserError, match=match) as error:
+            call()
+        message = str(error.value)
+        assert str(weights) in message and "download" in message
+        assert "invalid literal" not in message
+    write_fake_inception(weights)  # mended: the same path passes (the check is not cached)
+    assert inception_weights_path(weights) == weights
+
+
 @pytest.mark.parametrize(
     "samples, match",
     [
@@ -204,8 +250,7 @@ def test_other_extractors_are_rejected(no_work):
 
 
 def test_inception_kwargs_are_the_papers_defaults_offline(tmp_path, monkeypatch):
-    weights = tmp_path / INCEPTION_FILE
-    weights.touch()
+    weights = write_fake_inception(tmp_path / INCEPTION_FILE)
     seen = {}
 
     def spy(**kwargs):

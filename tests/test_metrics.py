@@ -120,6 +120,29 @@ def test_lpips_against_torchvision_alexnet(tmp_path, monkeypatch):
         LPIPS(tmp_path / "alexnet.pth", tmp_path / "bad.pth")
 
 
+def test_lpips_names_a_damaged_weights_file(tmp_path):
+    from emdm.errors import UserError
+    from emdm.metrics import LPIPS
+    from emdm.metrics.lpips import CHANNELS, _features
+
+    lin = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(CHANNELS)}
+    torch.save(lin, tmp_path / "alex.pth")
+    features = {f"features.{k}": v for k, v in _features().state_dict().items()}
+    torch.save(features, tmp_path / "alexnet.pth")
+    torch.save({"features.0.weight": torch.zeros(64, 3, 11, 11)}, tmp_path / "partial.pth")
+    (tmp_path / "garbage.pth").write_text("version https://git-lfs.github.com/spec/v1\n")
+    cases = [  # a garbage file used to fail in torch's unpickler, naming neither file nor cure
+        ("garbage.pth", "alex.pth", "garbage.pth is not a readable weights file", "alexnet-owt"),
+        ("partial.pth", "alex.pth", "partial.pth is not torchvision's AlexNet", "alexnet-owt"),
+        ("alexnet.pth", "garbage.pth", "garbage.pth is not a readable", "PerceptualSimilarity"),
+    ]
+    for alexnet, linear, match, cure in cases:
+        with pytest.raises(UserError, match=match) as error:
+            LPIPS(tmp_path / alexnet, tmp_path / linear)
+        assert cure in str(error.value)
+    LPIPS(tmp_path / "alexnet.pth", tmp_path / "alex.pth")  # the same files, whole, load
+
+
 def test_frechet_distance_against_scipy_and_closed_forms():
     import numpy as np
     import scipy.linalg

@@ -5,6 +5,8 @@ m = μ + Σ (Σ + σ² I)⁻¹ (x_t − μ) and V = (Σ⁻¹ + σ⁻² I)⁻¹; 
 E[x | x_t, y] = m + V Aᵀ (Σ_y + A V Aᵀ)⁻¹ (y − A m). MMPS is exact there.
 """
 
+import math
+
 import pytest
 import torch
 from conftest import random_dplr
@@ -17,6 +19,8 @@ from emdm import (
     GaussianDenoiser,
     MaskOperator,
     MixtureDenoiser,
+    VESchedule,
+    sample,
 )
 from emdm.benchmark import CountingDenoiser
 from emdm.nn import TimeMLP
@@ -238,6 +242,49 @@ def test_bad_input_is_rejected_before_work(problem):
     # a plain callable whose output does not match y is caught before the CG solve
     with pytest.raises(ValueError, match="but y has shape"):
         MMPS(denoiser, lambda x: x[:, :2], y, 0.1)(x_t, s)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_observations_and_noise_are_rejected_at_construction(problem, bad):
+    # each used to give NaN posterior means, silently
+    denoiser, cov_x, mu, A, y, x_t = problem
+    op = DenseOperator(A)
+    y_bad = y.clone()
+    y_bad[2, 1] = bad
+    with pytest.raises(ValueError, match=r"y of shape \(6, 3\) has .* entries: expected finite"):
+        MMPS(denoiser, op, y_bad, 0.1)
+    cov = torch.full((B, M), 0.1, dtype=torch.float64)
+    cov[0, 0] = bad
+    with pytest.raises(ValueError, match="cov_y must be positive and finite"):
+        MMPS(denoiser, op, y, cov)
+    with pytest.raises(ValueError, match=f"cov_y must be positive and finite, got {bad}"):
+        MMPS(denoiser, op, y, bad)
+    D_bad = torch.ones(M, dtype=torch.float64)
+    D_bad[1] = bad
+    with pytest.raises(ValueError, match="cov_y is a DPLR with NaN or infinite entries"):
+        MMPS(denoiser, op, y, DPLR(D_bad))
+    U_bad = torch.zeros(M, 1, dtype=torch.float64)
+    U_bad[0] = bad
+    with pytest.raises(ValueError, match="cov_y is a DPLR with NaN or infinite entries"):
+        MMPS(denoiser, op, y, DPLR(torch.ones(M, dtype=torch.float64), U_bad))
+    A_bad = A.clone()
+    A_bad[0, 0, 0] = bad
+    with pytest.raises(ValueError, match="the matrix of A of shape"):
+        MMPS(denoiser, DenseOperator(A_bad), y, 0.1)
+
+
+def test_a_start_of_another_dtype_than_y_is_named(problem):
+    # float32 x_t against float64 y and A used to fail deep inside with "expected m1 and m2
+    # to have the same dtype"
+    denoiser, cov_x, mu, A, y, x_t = problem
+    posterior = MMPS(CountingDenoiser(denoiser), DenseOperator(A), y, 0.1)
+    with pytest.raises(
+        ValueError, match=r"x_t has dtype torch\.float32 but y has dtype torch\.float64"
+    ):
+        posterior(x_t.float(), torch.ones(B))
+    assert posterior.denoiser.forwards == 0
+    with pytest.raises(ValueError, match=r"x_t has dtype torch\.float32 but y has dtype"):
+        sample(posterior, x_t.float(), VESchedule(), "ddim", steps=2)
 
 
 @pytest.mark.parametrize("sigma", [1e-3, 1.0, 100.0])

@@ -64,6 +64,39 @@ def test_dense_operator_shape_checks():
         DenseOperator(torch.ones(10))
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_operators_holding_a_tensor_reject_non_finite_entries_at_construction(bad, monkeypatch):
+    # each used to give non-finite observations and posterior samples, silently
+    from emdm.operators import Blur, MRIOperator
+
+    def corrupt(shape):
+        t = torch.ones(shape)
+        t.view(-1)[1] = bad
+        return t
+
+    cases = [
+        (DenseOperator, (3, 4, 10), r"the matrix of A of shape \(3, 4, 10\) has"),
+        (DenseOperator, (4, 10), r"the matrix of A of shape \(4, 10\) has"),
+        (MaskOperator, (3, 1, 4, 4), r"the mask of A of shape \(3, 1, 4, 4\) has"),
+        (MRIOperator, (2, 8), r"the mask of A of shape \(2, 8\) has"),
+        (Blur, (3, 3), r"the blur kernel of shape \(3, 3\) has"),
+    ]
+    for make, shape, match in cases:
+        with pytest.raises(ValueError, match=match + " .* expected finite values"):
+            make(corrupt(shape))
+        make(torch.ones(shape))
+    MRIOperator(torch.ones(8, dtype=torch.bool))  # a bool mask has nothing to check
+
+    # restrictions and copies of a checked operator (one per E-step batch) are not checked again
+    import emdm.operators.dense as dense
+
+    seen = []
+    monkeypatch.setattr(dense, "check_finite", lambda x, name: seen.append(name))
+    A = DenseOperator(torch.ones(3, 4, 10))
+    assert A[1:].matrix.shape == (2, 4, 10) and A.to(torch.float64).matrix.dtype == torch.float64
+    assert seen == ["the matrix of A"]
+
+
 def test_mask_operator_shape_checks():
     A = MaskOperator(torch.ones(3, 1, 4, 4))
     with pytest.raises(ValueError, match="does not broadcast"):

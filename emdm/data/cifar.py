@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import UserError
+
 _FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 
 
@@ -27,6 +29,11 @@ def load_cifar10(root: str | os.PathLike | None = None, split: str = "train") ->
     Arguments:
         root: The folder that holds `cifar-10-batches-py/` (or that folder itself); `None`
             reads `EMDM_DATA`.
+
+    Raises:
+        FileNotFoundError: A batch file is missing (saying where to get it).
+        UserError: A batch file is not a CIFAR-10 pickle, or its pixels are not bytes (NaN,
+            out of :math:`[0, 255]`, not integers), naming the file.
     """
     if split not in _FILES:
         raise ValueError(f"split must be one of {tuple(_FILES)}, got {split!r}")
@@ -41,18 +48,51 @@ def load_cifar10(root: str | os.PathLike | None = None, split: str = "train") ->
             "cifar-10-batches-py/)"
         )
     arrays = []
+    fix = (
+        "extract cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
+        "again over it"
+    )
     for name in _FILES[split]:
-        with open(folder / name, "rb") as f:
+        path = folder / name
+        with open(path, "rb") as f:
             try:
                 batch = pickle.load(f, encoding="bytes")
-                data = np.asarray(batch[b"data"], dtype=np.uint8)
-            except (pickle.UnpicklingError, KeyError, EOFError) as error:
-                raise ValueError(f"{folder / name} is not a CIFAR-10 batch: {error!r}") from None
+                data = np.asarray(batch[b"data"])
+            except Exception as error:  # unpickling garbage raises many types
+                raise UserError(
+                    f"{path} is not a CIFAR-10 batch ({type(error).__name__}: {error}); {fix}"
+                ) from None
         if data.ndim != 2 or data.shape[1] != 3072:
-            raise ValueError(f"{folder / name}: data of shape {data.shape}, expected (N, 3072)")
-        arrays.append(data)
+            raise UserError(f"{path}: data of shape {data.shape}, expected (N, 3072); {fix}")
+        arrays.append(_bytes(data, path, fix))
     u = torch.from_numpy(np.concatenate(arrays)).reshape(-1, 3, 32, 32)
     return u.float() * (4 / 256) - 2
+
+
+def _bytes(data: np.ndarray, path: Path, fix: str) -> np.ndarray:
+    r"""Returns the pixels `data` as uint8, refusing what a cast would wrap or truncate: a
+    non-numeric dtype, NaN or infinite values, values outside :math:`[0, 255]` or not
+    integers."""
+    if data.dtype == np.uint8:
+        return data
+    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
+        raise UserError(f"{path}: pixels of dtype {data.dtype}, expected uint8 bytes; {fix}")
+    if np.issubdtype(data.dtype, np.floating):
+        bad = ~np.isfinite(data)
+        if bad.any():
+            raise UserError(
+                f"{path}: {int(bad.sum())} NaN or infinite pixels, expected bytes in "
+                f"[0, 255]; {fix}"
+            )
+        if (data != np.round(data)).any():
+            raise UserError(f"{path}: pixels that are not integers, expected bytes; {fix}")
+    low, high = (data.min(), data.max()) if data.size else (0, 0)
+    if low < 0 or high > 255:
+        raise UserError(
+            f"{path}: pixels in [{low}, {high}], expected bytes in [0, 255] (a cast would wrap "
+            f"them); {fix}"
+        )
+    return data.astype(np.uint8)
 
 
 def cifar_observations(

@@ -67,10 +67,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import UserError
 from ..operators.mri import MRIOperator
 
 _KEY = "reconstruction_rss"
 _SPLITS = ("train", "val")  # the test and challenge splits have no reconstructions
+_FIX = "extract it again from the fastMRI archive, or remove it from the folder"
 
 
 def _missing(folder: Path, root: Path, split: str, what: str) -> FileNotFoundError:
@@ -114,8 +116,9 @@ def load_fastmri(
 
     Raises:
         FileNotFoundError: The folder does not exist or holds no `.h5` file.
-        ValueError: A file is not HDF5, has no `reconstruction_rss`, or has the wrong shape
-            (naming the file and what was expected).
+        UserError: A file is not HDF5, has no `reconstruction_rss`, has the wrong shape or
+            dtype, cannot be read, or holds NaN, infinite or no positive values (naming the
+            file, what was expected and what to do).
     """
     import h5py
 
@@ -143,20 +146,22 @@ def load_fastmri(
         try:
             with h5py.File(path, "r") as f:
                 if not isinstance(f.get(_KEY), h5py.Dataset):
-                    raise ValueError(
+                    raise UserError(
                         f"{path} has no dataset {_KEY!r} (keys: {sorted(f.keys())}): expected a "
-                        f"fastMRI knee single-coil {split} volume"
+                        f"fastMRI knee single-coil {split} volume; {_FIX}"
                     )
                 shape, dtype = f[_KEY].shape, f[_KEY].dtype
         except OSError as error:
-            raise ValueError(f"{path} is not a readable HDF5 file: {error}") from None
+            raise UserError(f"{path} is not a readable HDF5 file: {error}; {_FIX}") from None
         square = len(shape) == 3 and shape[1] == shape[2]
         if not square or (size is not None and shape[1] != size):
             expected = f"(slices, {size or 'S'}, {size or 'S'})"
             expected += " as the earlier volumes" if inferred and size is not None else ""
-            raise ValueError(f"{path}: {_KEY} has shape {shape}, expected {expected}")
+            raise UserError(f"{path}: {_KEY} has shape {shape}, expected {expected}; {_FIX}")
         if not np.issubdtype(dtype, np.floating):
-            raise ValueError(f"{path}: {_KEY} has dtype {dtype}, expected a real float type")
+            raise UserError(
+                f"{path}: {_KEY} has dtype {dtype}, expected a real float type; {_FIX}"
+            )
         size = shape[1]
         counts.append(max(0, min(stop, shape[0]) - start))
     if sum(counts) == 0:
@@ -171,13 +176,16 @@ def load_fastmri(
         try:
             with h5py.File(path, "r") as f:
                 r = np.asarray(f[_KEY][start : start + count], dtype=np.float32)
-        except OSError as error:  # a truncated file may open, then fail on reading
-            raise ValueError(f"{path}: {_KEY} could not be read: {error}") from None
-        peak = r.max()
-        if not np.isfinite(r).all() or peak <= 0:
-            raise ValueError(
-                f"{path}: {_KEY}[{start}:{start + count}] has maximum {peak} or non-finite "
-                "values, expected a finite magnitude image with a positive maximum"
+        # a truncated or damaged file may open, then fail on reading its chunks
+        except (OSError, RuntimeError, KeyError, ValueError) as error:
+            raise UserError(f"{path}: {_KEY} could not be read: {error}; {_FIX}") from None
+        finite = np.isfinite(r)
+        peak = r.max(where=finite, initial=-np.inf)
+        if not finite.all() or peak <= 0:
+            raise UserError(
+                f"{path}: {_KEY}[{start}:{start + count}] has {int((~finite).sum())} NaN or "
+                f"infinite values and maximum {peak} over the finite ones, expected a finite "
+                f"magnitude image with a positive maximum; {_FIX}"
             )
         # x / max is exactly 1 at the maximum (IEEE division), so the range is exactly [-2, 2]
         x[i : i + count] = torch.from_numpy(r) / float(peak) * 4 - 2

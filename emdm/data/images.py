@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import UserError
+
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
@@ -21,7 +23,7 @@ def load_images(folder: str | os.PathLike, size: int, limit: int | None = None) 
 
     Raises:
         FileNotFoundError: The folder does not exist or holds no image file.
-        ValueError: A file is not a readable image or has the wrong size (naming it).
+        UserError: A file is not a readable image or has the wrong size (naming it).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -39,11 +41,18 @@ def load_images(folder: str | os.PathLike, size: int, limit: int | None = None) 
         try:
             with Image.open(path) as image:
                 array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
-        except (UnidentifiedImageError, OSError) as error:
-            raise ValueError(f"{path} is not a readable image: {error}") from None
+        # PIL reports a damaged file as any of these (a broken PNG chunk is a SyntaxError)
+        except (
+            UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+        ) as error:  # fmt: skip
+            raise UserError(
+                f"{path} is not a readable image ({type(error).__name__}: {error}): replace or "
+                f"remove it"
+            ) from None
         if array.shape[:2] != (size, size):
-            raise ValueError(
-                f"{path} is {array.shape[1]}x{array.shape[0]} pixels, expected {size}x{size}"
+            raise UserError(
+                f"{path} is {array.shape[1]}x{array.shape[0]} pixels, expected {size}x{size}: "
+                "resize or remove it"
             )
         images.append(torch.from_numpy(array).permute(2, 0, 1))
     return torch.stack(images) * 2 - 1

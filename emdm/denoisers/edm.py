@@ -14,6 +14,7 @@ References:
 
 __all__ = ["EDMDenoiser"]
 
+import torch
 from torch import Tensor, nn
 
 from ..nn.embedding import SinusoidalEmbedding
@@ -38,15 +39,32 @@ class EDMDenoiser(nn.Module):
         r"""
         Arguments:
             x_t: The noisy inputs, with shape :math:`(B, *)`.
-            sigma: The noise levels, with shape :math:`(B,)`.
+            sigma: The noise levels, with shape :math:`(B,)`, in :math:`(0, \infty)`: checked on
+                the CPU (a `ValueError`), by a device-side assert on CUDA (no synchronization).
 
         Returns:
             The denoised outputs, with shape :math:`(B, *)`.
         """
         sigma = broadcast_sigma(sigma, x_t, check=False)
+        _check_sigma(sigma)
         s = per_sample(sigma, x_t)  # (B, 1, ..., 1)
         c_skip = 1 / (s**2 + 1)
         c_out = s / (s**2 + 1).sqrt()
         c_in = 1 / (s**2 + 1).sqrt()
         emb = self.embedding(sigma.log())  # (B, E)
         return c_skip * x_t + c_out * self.network(c_in * x_t, emb)
+
+
+def _check_sigma(sigma: Tensor) -> None:
+    r"""Checks :math:`0 < \sigma < \infty` (the embedding takes :math:`\ln \sigma`) without a
+    host synchronization: directly on the CPU, by a device-side assert on CUDA (which fails the
+    next synchronizing call), and not at all elsewhere."""
+    valid = (sigma > 0) & torch.isfinite(sigma)
+    if sigma.device.type == "cpu":
+        if not bool(valid.all()):
+            raise ValueError(
+                f"EDMDenoiser needs noise levels 0 < sigma < inf (it embeds ln sigma), got "
+                f"{sigma[~valid][:4].tolist()} among the {sigma.numel()} of the batch"
+            )
+    elif sigma.is_cuda:
+        torch._assert_async(valid.all(), "EDMDenoiser needs noise levels 0 < sigma < inf")

@@ -15,6 +15,7 @@ __all__ = ["GaussianDenoiser", "posterior_covariance"]
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_finite
 from ..dplr import DPLR
 from .base import broadcast_sigma
 
@@ -25,7 +26,11 @@ class GaussianDenoiser(nn.Module):
     Arguments:
         mean: The mean :math:`\mu`, with shape :math:`(*)` (the event shape) or :math:`(D,)`.
         cov: The covariance :math:`\Sigma`, a :class:`DPLR` of size :math:`D`, positive
-            definite.
+            semi-definite.
+
+    Both are checked once here (a few host synchronizations on CUDA): finite entries, and
+    :math:`D \geq 0`, which makes :math:`\Sigma = \mathrm{diag}(D) + U U^T` positive
+    semi-definite; for another :math:`V`, also the necessary :math:`\Sigma_{ii} \geq 0`.
     """
 
     def __init__(self, mean: Tensor, cov: DPLR):
@@ -38,6 +43,11 @@ class GaussianDenoiser(nn.Module):
             )
         if len(cov.batch_shape) > 0:
             raise ValueError(f"cov must not be batched, got batch shape {tuple(cov.batch_shape)}")
+        check_finite(mean, "mean")
+        for name in ("D", "U", "V"):
+            if getattr(cov, name) is not None:
+                check_finite(getattr(cov, name), f"the covariance's {name}")
+        _check_psd(cov)
         self.register_buffer("mean", mean)
         self.cov = cov
 
@@ -75,6 +85,30 @@ class GaussianDenoiser(nn.Module):
 
     def extra_repr(self) -> str:
         return f"cov={self.cov!r}"
+
+
+def _check_psd(cov: DPLR) -> None:
+    r"""Raises a `ValueError` when :math:`\Sigma = \mathrm{diag}(D) + U V` is not a
+    covariance this denoiser can use, in :math:`O(N r)`:
+
+    * :math:`D \geq 0`, which the Woodbury solves with :math:`\Sigma + \sigma^2 I` need at
+      every :math:`\sigma > 0` (they divide by :math:`D + \sigma^2`); with :math:`V = U^T`
+      (or no low-rank part) it also makes :math:`\Sigma` positive semi-definite, as
+      :math:`U U^T \succeq 0`;
+    * for another :math:`V`, the diagonal :math:`\Sigma_{ii} = D_i + \sum_j U_{ij} V_{ji}
+      \geq 0`, a necessary condition.
+    """
+    checks = [(cov.D, "its diagonal part D", "D >= 0 (with V = U^T, that makes it so)")]
+    if cov.U is not None and not torch.equal(cov.V, cov.U.mT):
+        checks.append((cov.diag(), "its diagonal D + sum_j U_ij V_ji", "a diagonal >= 0"))
+    for diagonal, what, expected in checks:
+        negative = diagonal < 0
+        if bool(negative.any()):
+            raise ValueError(
+                f"cov must be positive semi-definite, but {what} has {int(negative.sum())} "
+                f"negative entries of {cov.size} (min {diagonal.min().item():.4g}): expected "
+                f"{expected}"
+            )
 
 
 def posterior_covariance(cov_x: DPLR, sigma: Tensor) -> DPLR:

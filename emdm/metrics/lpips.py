@@ -28,7 +28,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..checks import load_state_dict
+from ..errors import UserError
+
 CHANNELS = (64, 192, 384, 256, 256)
+_ALEXNET = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
+_LINEAR = "weights/v0.1/alex.pth of github.com/richzhang/PerceptualSimilarity"
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 
@@ -64,35 +69,44 @@ class LPIPS(nn.Module):
         alexnet: The path of torchvision's AlexNet weights, or `None` for
             `EMDM_LPIPS_ALEXNET`, else torch's hub cache.
         linear: The path of LPIPS's `alex.pth`, or `None` for `EMDM_LPIPS_LINEAR`.
+
+    Raises:
+        FileNotFoundError: A file is missing (saying where to get it).
+        UserError: A file is not a readable state dict of finite tensors, or lacks the
+            entries or shapes expected (naming it and where to get it again).
     """
 
     def __init__(self, alexnet: str | os.PathLike | None = None,
                  linear: str | os.PathLike | None = None):  # fmt: skip
         super().__init__()
         cache = Path(torch.hub.get_dir()) / "checkpoints" / "alexnet-owt-7be5be79.pth"
-        alexnet = _locate(
-            alexnet, "EMDM_LPIPS_ALEXNET", cache, "AlexNet's weights",
-            "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
-        )  # fmt: skip
+        alexnet = _locate(alexnet, "EMDM_LPIPS_ALEXNET", cache, "AlexNet's weights", _ALEXNET)
         linear = _locate(
-            linear, "EMDM_LPIPS_LINEAR", None, "the LPIPS v0.1 linear weights",
-            "weights/v0.1/alex.pth of github.com/richzhang/PerceptualSimilarity",
-        )  # fmt: skip
+            linear, "EMDM_LPIPS_LINEAR", None, "the LPIPS v0.1 linear weights", _LINEAR
+        )
         self.features = _features()
-        state = torch.load(alexnet, map_location="cpu", weights_only=True)
+        fix = f"download {_ALEXNET} again and pass its path, or set EMDM_LPIPS_ALEXNET"
+        state = load_state_dict(alexnet, "torchvision's AlexNet weights", fix)
         features = {
             k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")
         }
-        self.features.load_state_dict(features)
-        lin = torch.load(linear, map_location="cpu", weights_only=True)
+        try:
+            self.features.load_state_dict(features)
+        except RuntimeError as error:  # missing, unexpected or misshapen entries
+            message = " ".join(str(error).split())[:300]
+            raise UserError(
+                f"{alexnet} is not torchvision's AlexNet weights: {message}; {fix}"
+            ) from None
+        fix = f"download {_LINEAR} again and pass its path, or set EMDM_LPIPS_LINEAR"
+        lin = load_state_dict(linear, "LPIPS's alex.pth (v0.1)", fix)
         try:
             weights = [lin[f"lin{i}.model.1.weight"] for i in range(5)]
         except KeyError as error:
-            raise ValueError(f"{linear} is not LPIPS's alex.pth: no key {error}") from None
+            raise UserError(f"{linear} is not LPIPS's alex.pth: no key {error}; {fix}") from None
         for i, (w, c) in enumerate(zip(weights, CHANNELS, strict=True)):
             if w.shape != (1, c, 1, 1):
-                raise ValueError(
-                    f"{linear}: lin{i} has shape {tuple(w.shape)}, expected (1, {c}, 1, 1)"
+                raise UserError(
+                    f"{linear}: lin{i} has shape {tuple(w.shape)}, expected (1, {c}, 1, 1); {fix}"
                 )
             self.register_buffer(f"w{i}", w.flatten())
         self.register_buffer("mean", torch.tensor(_MEAN).reshape(1, 3, 1, 1))

@@ -24,20 +24,31 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import load_state_dict
+from ..config import POSITIVE, Checked, interval, option
+from ..errors import UserError
+
 
 @dataclasses.dataclass
-class ADMConfig:
-    image_size: int = 256
-    in_channels: int = 3
-    model_channels: int = 128
-    num_res_blocks: int = 1
-    channel_mult: tuple[int, ...] = (1, 1, 2, 2, 4, 4)
-    attention_resolutions: tuple[int, ...] = (16,)  # resolutions (pixels) with attention
-    num_head_channels: int = 64
-    learn_sigma: bool = True
-    use_scale_shift_norm: bool = True
-    resblock_updown: bool = True
-    dropout: float = 0.0
+class ADMConfig(Checked):
+    r"""The ADM U-Net's hyperparameters, named as guided-diffusion's; DPS's FFHQ model's by
+    default."""
+
+    image_size: int = option(256, "image height and width (pixels)", check=POSITIVE)
+    in_channels: int = option(3, "image channels", check=POSITIVE)
+    model_channels: int = option(128, "channels of the first level", check=POSITIVE)
+    num_res_blocks: int = option(1, "residual blocks per level", check=POSITIVE)
+    channel_mult: tuple[int, ...] = option(
+        (1, 1, 2, 2, 4, 4), "channel multiplier of each level", check=POSITIVE
+    )
+    attention_resolutions: tuple[int, ...] = option(
+        (16,), "resolutions (pixels) with attention", check=POSITIVE
+    )
+    num_head_channels: int = option(64, "channels per attention head", check=POSITIVE)
+    learn_sigma: bool = option(True, "the network also outputs a variance")
+    use_scale_shift_norm: bool = option(True, "scale-shift modulation by the embedding")
+    resblock_updown: bool = option(True, "down- and upsampling inside residual blocks")
+    dropout: float = option(0.0, "dropout rate", check=interval(0, 1))
 
 
 #: DPS's FFHQ 256 model (`ffhq_10m.pt`): 128 channels, one residual block per level, attention
@@ -196,7 +207,8 @@ def load_adm(path: str | os.PathLike, cfg: ADMConfig = FFHQ_256) -> ADMUNet:
 
     Raises:
         FileNotFoundError: The file is absent (with where to get it).
-        ValueError: Its keys or shapes do not match the architecture (the first mismatches).
+        UserError: It is not a readable state dict of finite tensors, or its keys or shapes do
+            not match the architecture (the first mismatches), naming the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -206,7 +218,11 @@ def load_adm(path: str | os.PathLike, cfg: ADMConfig = FFHQ_256) -> ADMUNet:
             "diffusion-posterior-sampling); download it on a machine with internet access and "
             "pass its local path"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    fix = (
+        "download DPS's ffhq_10m.pt again (linked from the README of github.com/DPS2022/"
+        "diffusion-posterior-sampling) and pass its local path"
+    )
+    state = load_state_dict(path, "a guided-diffusion ADM U-Net state dict", fix)
     model = ADMUNet(cfg)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
@@ -218,8 +234,10 @@ def load_adm(path: str | os.PathLike, cfg: ADMConfig = FFHQ_256) -> ADMUNet:
         parts = [f"missing keys {missing[:5]}" if missing else "",
                  f"unexpected keys {unexpected[:5]}" if unexpected else "",
                  f"shape mismatches {shapes[:5]}" if shapes else ""]  # fmt: skip
-        raise ValueError(
-            f"{path} does not match the ADM U-Net of {cfg}: " + "; ".join(p for p in parts if p)
+        raise UserError(
+            f"{path} does not match the ADM U-Net of {cfg}: "
+            + "; ".join(p for p in parts if p)
+            + ": pass the checkpoint of this architecture, or the ADMConfig of this checkpoint"
         )
     model.load_state_dict(state)
     return model

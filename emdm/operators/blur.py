@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..checks import check_finite
 from .base import LinearOperator
 
 
@@ -88,6 +89,7 @@ class Blur(LinearOperator):
             raise ValueError(
                 f"kernel must have shape (k, k) with k odd, got {tuple(kernel.shape)}"
             )
+        check_finite(kernel, "the blur kernel")  # once here; a kernel is small
         self.kernel = kernel
         self.pad = kernel.shape[0] // 2
 

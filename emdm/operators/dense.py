@@ -9,6 +9,7 @@ import math
 
 from torch import Tensor
 
+from ..checks import check_finite
 from .base import LinearOperator
 
 
@@ -21,9 +22,14 @@ class DenseOperator(LinearOperator):
             :math:`(B, D)`; outputs have shape :math:`(B, M)`.
         in_shape: The event shape of the inputs, which the adjoint's outputs take, e.g.
             :math:`(C, H, W)`. Defaults to :math:`(D,)`.
+        check: Whether to check that the matrices are finite (one pass, one host
+            synchronization on CUDA), once here; restrictions (`A[index]`) and copies
+            (`A.to(...)`) of a checked operator skip it.
     """
 
-    def __init__(self, matrix: Tensor, in_shape: tuple[int, ...] | None = None):
+    def __init__(
+        self, matrix: Tensor, in_shape: tuple[int, ...] | None = None, *, check: bool = True
+    ):
         if matrix.ndim not in (2, 3):
             raise ValueError(
                 f"matrix must have shape (B, M, D) or (M, D), got {tuple(matrix.shape)}"
@@ -34,6 +40,8 @@ class DenseOperator(LinearOperator):
                 f"in_shape {in_shape} has {math.prod(in_shape)} elements, expected "
                 f"{matrix.shape[-1]} (the columns of matrix)"
             )
+        if check:
+            check_finite(matrix, "the matrix of A")
         self.matrix, self.in_shape = matrix, in_shape
 
     @property
@@ -77,11 +85,11 @@ class DenseOperator(LinearOperator):
         as is), so that observations can be processed in batches."""
         if self.matrix.ndim == 2:
             return self
-        return DenseOperator(self.matrix[index], self.in_shape)
+        return DenseOperator(self.matrix[index], self.in_shape, check=False)  # checked already
 
     def to(self, *args, **kwargs) -> "DenseOperator":
         r"""The operator with its matrices moved by `Tensor.to`."""
-        return DenseOperator(self.matrix.to(*args, **kwargs), self.in_shape)
+        return DenseOperator(self.matrix.to(*args, **kwargs), self.in_shape, check=False)
 
     def __repr__(self) -> str:
         return f"DenseOperator(matrix={tuple(self.matrix.shape)})"

@@ -10,6 +10,7 @@ __all__ = ["MaskOperator"]
 import torch
 from torch import Tensor
 
+from ..checks import check_finite
 from .base import LinearOperator
 
 
@@ -19,9 +20,14 @@ class MaskOperator(LinearOperator):
     Arguments:
         mask: The mask, broadcastable to the inputs :math:`(B, *)`, e.g. :math:`(B, 1, H, W)`
             for a mask shared over channels. Non-zero entries are observed.
+        check: Whether to check that the mask is finite (one pass, one host synchronization
+            on CUDA), once here; restrictions (`A[index]`) and copies (`A.to(...)`) of a
+            checked operator skip it.
     """
 
-    def __init__(self, mask: Tensor):
+    def __init__(self, mask: Tensor, *, check: bool = True):
+        if check:
+            check_finite(mask, "the mask of A")
         self.mask = mask
 
     def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -47,11 +53,11 @@ class MaskOperator(LinearOperator):
         shared mask (leading axis 1, or fewer axes than the inputs) is returned as is."""
         if self.mask.ndim == 0 or self.mask.shape[0] == 1:
             return self
-        return MaskOperator(self.mask[index])
+        return MaskOperator(self.mask[index], check=False)  # checked already
 
     def to(self, *args, **kwargs) -> "MaskOperator":
         r"""The operator with its mask moved by `Tensor.to`."""
-        return MaskOperator(self.mask.to(*args, **kwargs))
+        return MaskOperator(self.mask.to(*args, **kwargs), check=False)
 
     def __repr__(self) -> str:
         return f"MaskOperator(mask={tuple(self.mask.shape)})"

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from kernels.mri import mri_adjoint, mri_forward
 
+from ..checks import check_finite
 from .base import LinearOperator
 
 
@@ -34,11 +35,16 @@ class MRIOperator(LinearOperator):
             accepts float32 and float64.
         provider: The kernel provider, `"ref"`, `"triton"` or `"auto"`; `None` reads
             `EMDM_KERNELS` at each call (:mod:`kernels._dispatch`).
+        check: Whether to check that a real mask is finite (one pass, one host
+            synchronization on CUDA), once here; restrictions (`A[index]`) and copies
+            (`A.to(...)`) of a checked operator skip it.
     """
 
-    def __init__(self, mask: Tensor, provider: str | None = None):
+    def __init__(self, mask: Tensor, provider: str | None = None, *, check: bool = True):
         if mask.ndim not in (1, 2):
             raise ValueError(f"mask must have shape (B, W) or (W,), got {tuple(mask.shape)}")
+        if check:
+            check_finite(mask, "the mask of A")
         self.mask, self.provider = mask, provider
 
     def _check(self, t: Tensor, name: str) -> None:
@@ -71,11 +77,11 @@ class MRIOperator(LinearOperator):
         as is), so that observations can be processed in batches."""
         if self.mask.ndim == 1:
             return self
-        return MRIOperator(self.mask[index], self.provider)
+        return MRIOperator(self.mask[index], self.provider, check=False)  # checked already
 
     def to(self, *args, **kwargs) -> "MRIOperator":
         r"""The operator with its mask moved by `Tensor.to`."""
-        return MRIOperator(self.mask.to(*args, **kwargs), self.provider)
+        return MRIOperator(self.mask.to(*args, **kwargs), self.provider, check=False)
 
     def __repr__(self) -> str:
         return f"MRIOperator(mask={tuple(self.mask.shape)})"
