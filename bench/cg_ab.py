@@ -21,22 +21,32 @@ import types
 import torch
 
 from bench.kernel_problems import median_ms
-from emdm.config import config_dict, parse_config
+from emdm.config import (
+    NONNEGATIVE,
+    PLAIN_NAME,
+    POSITIVE,
+    Checked,
+    config_dict,
+    option,
+    parse_config,
+)
 from emdm.provenance import write_results
 from emdm.solvers import cg
 
 
 @dataclasses.dataclass
-class CGABConfig:
-    commit: str = "47ac804"
-    batch: int = 256
-    sizes: tuple[int, ...] = (16, 3072)
-    iterations: tuple[int, ...] = (1, 3, 5)
-    rounds: int = 40
-    threads: int = 0  # 0: torch's default
-    out: str = "results/bench"
-    name: str = "cg_ab_cpu"
-    dry_run: bool = False
+class CGABConfig(Checked):
+    r"""A/B timing of `emdm.cg` on the CPU: this checkout against an earlier commit's."""
+
+    commit: str = option("47ac804", "the earlier commit (the last before the kernels)")
+    batch: int = option(256, "systems solved at once", check=POSITIVE)
+    sizes: tuple[int, ...] = option((16, 3072), "sizes D of the systems", check=POSITIVE)
+    iterations: tuple[int, ...] = option((1, 3, 5), "CG iterations timed", check=POSITIVE)
+    rounds: int = option(40, "interleaved rounds of timings", check=POSITIVE)
+    threads: int = option(0, "torch threads; 0: torch's default", check=NONNEGATIVE)
+    out: str = option("results/bench", "output folder")
+    name: str = option("cg_ab_cpu", "name of the result files", check=PLAIN_NAME)
+    dry_run: bool = option(False, "print the resolved config and exit")
 
 
 def load_old_cg(commit: str):

@@ -44,25 +44,28 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from emdm import VESchedule
-from emdm.config import check_device, config_dict, parse_config
+from emdm.config import DEVICE, POSITIVE, Checked, check_device, config_dict, option, parse_config
 from emdm.loss import denoiser_loss
 from emdm.prior import UNetConfig
 from emdm.provenance import write_results
 
 
 @dataclasses.dataclass
-class CostConfig:
-    tflops: float = 100.0  # assumed sustained TFLOP/s of one GPU
-    measure: bool = False  # also time the three calls on `device`
-    device: str = "cpu"
-    batch: int = 256  # images per timed call
-    repeats: int = 10  # timed calls per measurement (after one warm-up call)
-    out: str = "results/bench"
+class CostConfig(Checked):
+    r"""The compute of the paper-scale image EM runs, counted, and the GPU-hours it implies."""
+
+    tflops: float = option(100.0, "assumed sustained TFLOP/s of one GPU", check=POSITIVE)
+    measure: bool = option(False, "also time the three calls on --device")
+    device: str = option("cpu", "device of the timed calls", check=DEVICE)
+    batch: int = option(256, "images per timed call", check=POSITIVE)
+    repeats: int = option(
+        10, "timed calls per measurement (after one warm-up call)", check=POSITIVE
+    )
+    out: str = option("results/bench", "output folder")
 
     def __post_init__(self):
+        super().__post_init__()
         check_device(self.device)
-        if self.batch < 1 or self.repeats < 1:
-            raise ValueError(f"batch and repeats must be >= 1, got {self.batch}, {self.repeats}")
 
 
 def flops(fn) -> int:

@@ -34,23 +34,33 @@ from bench.kernel_problems import (
     mri_bytes,
     mri_problem,
 )
-from emdm.config import config_dict, parse_config
+from emdm.config import DEVICE, POSITIVE, Checked, at_least, config_dict, option, parse_config
 from emdm.provenance import write_results
 from kernels.cg import cg_update
 from kernels.mri import mri_adjoint, mri_forward
 
 
 @dataclasses.dataclass
-class GPUCheckConfig:
-    batches: tuple[int, ...] = (64, 256)
-    sizes: tuple[int, ...] = (3 * 32 * 32, 320 * 320)
-    mri_batch: int = 64
-    mri_size: int = 320
-    repeats: int = 50
-    copy_bytes: int = 1 << 30
-    device: str = "cuda"  # "cpu" runs the same steps through Triton's interpreter (a smoke test)
-    out: str = "results/bench"
-    dry_run: bool = False
+class GPUCheckConfig(Checked):
+    r"""The kernels' GPU check: reference against Triton, timed, beside the copy bandwidth."""
+
+    batches: tuple[int, ...] = option((64, 256), "batches B of the CG update", check=POSITIVE)
+    sizes: tuple[int, ...] = option(
+        (3 * 32 * 32, 320 * 320), "sizes D of the CG update", check=POSITIVE
+    )
+    mri_batch: int = option(64, "batch B of the MRI operator", check=POSITIVE)
+    mri_size: int = option(320, "height and width of the MRI images", check=POSITIVE)
+    repeats: int = option(50, "timed calls per provider and case", check=POSITIVE)
+    copy_bytes: int = option(
+        1 << 30, "bytes of the bandwidth's copy", check=at_least(4)
+    )  # one float32
+    # a name only: the default names CUDA, which main checks before any work
+    device: str = option(
+        "cuda", "device; cpu runs the same steps through Triton's interpreter (a smoke test)",
+        check=DEVICE,
+    )  # fmt: skip
+    out: str = option("results/bench", "output folder")
+    dry_run: bool = option(False, "print the resolved config and exit")
 
 
 def _interleaved(calls: dict, device, repeats: int) -> dict[str, tuple[float, float]]:

@@ -44,34 +44,46 @@ import torch
 from torch import Tensor
 
 import emdm
-from emdm.config import config_dict, parse_config
+from emdm.config import (
+    DEVICE,
+    NONNEGATIVE,
+    POSITIVE,
+    Checked,
+    check_device,
+    config_dict,
+    option,
+    parse_config,
+)
 from emdm.provenance import write_results
 
 BENCHMARK = "mmps_cost"
 
 
 @dataclass
-class Config:
-    r"""The resolved configuration of one run, saved beside its results."""
+class Config(Checked):
+    r"""The cost of one MMPS call against its floor; the resolved configuration of one run is
+    saved beside its results."""
 
-    batch: int = 256
-    features: int = 64
-    measurements: int = 16
-    iterations: tuple[int, ...] = (1, 3, 5)
-    repeats: int = 200
-    warmup: int = 20
-    threads: int = 0  # 0: torch's default, resolved before saving
-    device: str = "cpu"
-    sigma: float = 1.0
-    cov_y: float = 1e-2
-    seed: int = 0
-    shared_operator: bool = False  # one A for all samples instead of one per sample
-    out: str = "results/bench/mmps_cost_cpu"
-    dry_run: bool = False
+    batch: int = option(256, "batch B of x_t", check=POSITIVE)
+    features: int = option(64, "dimension D of x", check=POSITIVE)
+    measurements: int = option(16, "rows M of each operator A", check=POSITIVE)
+    iterations: tuple[int, ...] = option((1, 3, 5), "CG iterations k to time", check=POSITIVE)
+    repeats: int = option(200, "timed rounds (after the warm-up)", check=POSITIVE)
+    warmup: int = option(20, "untimed rounds first", check=NONNEGATIVE)
+    threads: int = option(
+        0, "torch threads; 0: torch's default, resolved before saving", check=NONNEGATIVE
+    )
+    device: str = option("cpu", "device of the calls", check=DEVICE)
+    sigma: float = option(1.0, "noise level σ_t of x_t", check=POSITIVE)
+    cov_y: float = option(1e-2, "observation noise variance Σ_y", check=POSITIVE)
+    seed: int = option(0, "seed of the network and the problem", check=NONNEGATIVE)
+    shared_operator: bool = option(False, "one A for all samples instead of one per sample")
+    out: str = option("results/bench/mmps_cost_cpu", "output path, without the suffix")
+    dry_run: bool = option(False, "print the resolved config and exit")
 
     def __post_init__(self):
-        if self.repeats < 1 or self.warmup < 0 or min(self.iterations) < 1:
-            raise ValueError("need --repeats >= 1, --warmup >= 0 and every --iterations >= 1")
+        super().__post_init__()
+        check_device(self.device)  # whether torch sees it: before any work
 
 
 def make_problem(cfg: Config, device: torch.device) -> dict:

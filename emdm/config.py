@@ -2,14 +2,34 @@ r"""Typed configuration dataclasses as command-line flags.
 
 Each field `name` of a dataclass becomes a flag `--name` (underscores as dashes), typed by its
 annotation or its default: a `bool` becomes `--name/--no-name`, a `tuple` or `list` takes one
-or more values, and the field's `metadata={"help": ..., "choices": ...}` gives the flag's help
-and allowed values.
+or more values, and the field's `metadata={"help": ..., "choices": ..., "check": ...}` gives the
+flag's help, its allowed values and its constraint. Declare fields with :func:`option`, which
+builds that metadata, and derive the dataclass from :class:`Checked`, whose `__post_init__`
+checks every field against its constraint, so that a bad value is refused where the config is
+made (at parse time for a flag), naming the field, the constraint and the value:
+
+    @dataclasses.dataclass
+    class Config(Checked):
+        steps: int = option(64, "sampler steps", check=POSITIVE)
+        out: str = option("results", "output folder")
 """
 
 __all__ = [
+    "DEVICE",
+    "FINITE",
+    "NONNEGATIVE",
+    "PLAIN_NAME",
+    "POSITIVE",
+    "SCALES",
+    "Check",
+    "Checked",
+    "at_least",
     "check_device",
+    "check_fields",
     "config_dict",
     "config_parser",
+    "interval",
+    "option",
     "parse_config",
     "parse_scaled",
     "run_identity",
@@ -17,14 +37,129 @@ __all__ = [
 
 import argparse
 import dataclasses
+import math
 import sys
 import types
 import typing
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
 C = TypeVar("C")
+
+#: The scales of a reproduction script's presets (:func:`parse_scaled`), its `scale` field.
+SCALES = ("paper", "quick")
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    r"""A constraint on a config field's value: `text` says it in words ("> 0"), `test` tells
+    whether a value meets it. For a tuple or list field the test applies to each element."""
+
+    text: str
+    test: Callable[[Any], bool]
+
+    def __call__(self, name: str, value: Any) -> None:
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        for v in values:
+            try:
+                ok = bool(self.test(v))
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                each = "each value of " if isinstance(value, (tuple, list)) else ""
+                raise ValueError(f"{each}{name} must be {self.text}, got {value!r}")
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+POSITIVE = Check("a finite number > 0", lambda v: _finite(v) and v > 0)
+NONNEGATIVE = Check("a finite number >= 0", lambda v: _finite(v) and v >= 0)
+FINITE = Check("a finite number", _finite)
+PLAIN_NAME = Check(
+    "a plain file name (no folder, not empty)",
+    lambda v: isinstance(v, str) and v not in ("", ".", "..") and Path(v).name == v,
+)
+
+
+def _device_name(v: Any) -> bool:
+    try:
+        return isinstance(v, str) and torch.device(v) is not None
+    except RuntimeError:
+        return False
+
+
+#: A device's name as torch spells it; whether torch sees that device is :func:`check_device`'s
+#: business (a preset may name CUDA on a machine without it).
+DEVICE = Check("a torch device such as 'cpu', 'cuda' or 'cuda:1'", _device_name)
+
+
+def at_least(bound: float) -> Check:
+    r"""The constraint `value >= bound` (finite)."""
+    return Check(f"a finite number >= {bound:g}", lambda v: _finite(v) and v >= bound)
+
+
+def interval(low: float, high: float, *, closed: str = "left") -> Check:
+    r"""The constraint that a value lies between `low` and `high`; `closed` is `"left"`
+    (`[low, high)`), `"right"`, `"both"` or `"neither"`."""
+    if closed not in ("left", "right", "both", "neither"):
+        raise ValueError(f"closed must be 'left', 'right', 'both' or 'neither', got {closed!r}")
+    lo_in, hi_in = closed in ("left", "both"), closed in ("right", "both")
+    text = f"in {'[' if lo_in else '('}{low:g}, {high:g}{']' if hi_in else ')'}"
+
+    def test(v: Any) -> bool:
+        if not _finite(v):
+            return False
+        return (low <= v if lo_in else low < v) and (v <= high if hi_in else v < high)
+
+    return Check(text, test)
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    check: Check | None = None,
+    choices: Any = None,
+    default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
+) -> Any:
+    r"""A dataclass field that becomes a flag with `help`, and, in a :class:`Checked` dataclass,
+    is refused unless it meets `check` and is one of `choices` (when given)."""
+    metadata: dict[str, Any] = {"help": help}
+    if check is not None:
+        metadata["check"] = check
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def check_fields(cfg: Any) -> None:
+    r"""Checks each field of the dataclass instance `cfg` against its declared constraint and
+    choices; raises a `ValueError` naming the first field that fails."""
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        check = field.metadata.get("check")
+        if check is not None:
+            check(field.name, value)
+        choices = field.metadata.get("choices")
+        if choices is not None:
+            values = value if isinstance(value, (tuple, list)) else (value,)
+            bad = [v for v in values if v not in choices]
+            if bad:
+                raise ValueError(f"{field.name} must be one of {choices}, got {value!r}")
+
+
+class Checked:
+    r"""Base of a config dataclass whose fields are checked when an instance is made (see
+    :func:`option`). A subclass with a `__post_init__` of its own calls `super().__post_init__()`
+    first, then checks what involves several fields."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def _element_type(hint: Any, default: Any) -> type:
@@ -57,7 +192,7 @@ def config_parser(
         raise ValueError(f"cls must be a dataclass, got {cls!r}")
     description = (cls.__doc__ or "").strip() or None
     parser = parser or argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        prog=prog, description=description, formatter_class=_HelpFormatter
     )
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
@@ -68,11 +203,15 @@ def config_parser(
             )
             continue
         flag = "--" + (prefix + field.name).replace("_", "-").replace(".", "-")
-        kwargs = {
-            "default": default,
-            "dest": prefix + field.name,
-            "help": field.metadata.get("help", ""),
-        }
+        help = field.metadata.get("help", "")
+        if "check" in field.metadata:
+            help = (
+                f"{help}; must be {field.metadata['check'].text}"
+                if help
+                else (f"must be {field.metadata['check'].text}")
+            )
+        # argparse formats help with %: a literal one ("% of pixels") is doubled
+        kwargs = {"default": default, "dest": prefix + field.name, "help": help.replace("%", "%%")}
         hint = hints.get(field.name, type(default))
         if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
             hint = next(a for a in typing.get_args(hint) if a is not type(None))
@@ -100,7 +239,11 @@ def parse_config(
     with a usage error (status 2).
     """
     parser = config_parser(cls, prog=prog, defaults=defaults)
-    args = vars(parser.parse_args(argv))
+    return _parse(parser, cls, argv, defaults)
+
+
+def _parse(parser: argparse.ArgumentParser, cls: type[C], argv: Any, defaults: Any) -> C:
+    args = vars(parser.parse_args(argv))  # parse_scaled's `quick` is no field: _build skips it
     try:
         return _build(cls, args, defaults)
     except ValueError as error:  # from the dataclass's own checks (__post_init__)
@@ -125,10 +268,31 @@ def parse_scaled(
     cls: type[C], argv: list[str] | None, *, quick: C, paper: C, prog: str | None = None
 ) -> C:
     r"""Parses `argv` for a reproduction script: `--quick` selects the preset `quick` (CPU,
-    minutes) instead of `paper` as the defaults, which the other flags then override."""
+    minutes) instead of `paper` as the defaults, which the other flags then override. `--help`
+    lists `--quick` first and shows the defaults of the preset selected (`--quick --help`: the
+    quick preset's)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    base = quick if "--quick" in argv else paper
-    return parse_config(cls, [a for a in argv if a != "--quick"], prog=prog, defaults=base)
+    is_quick = "--quick" in argv
+    description = (cls.__doc__ or "").strip()
+    shown = (
+        "the quick preset's" if is_quick else "the paper preset's; --quick --help shows quick's"
+    )
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=f"{description}\n\nDefaults shown: {shown}.".strip(),
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the quick preset: CPU scale, minutes; without it, the paper's configuration",
+    )
+    config_parser(cls, parser, defaults=quick if is_quick else paper)
+    return _parse(parser, cls, argv, quick if is_quick else paper)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    r"""Defaults in each flag's help; the description as written."""
 
 
 def config_dict(cfg: Any) -> dict[str, Any]:
@@ -137,9 +301,10 @@ def config_dict(cfg: Any) -> dict[str, Any]:
 
 
 def run_identity(cfg: Any) -> dict[str, Any]:
-    r"""The config fields that define a run's results, compared on resume: all but how it is
-    run (`resume`, `quiet`, `dry_run`)."""
-    return {k: v for k, v in config_dict(cfg).items() if k not in ("resume", "quiet", "dry_run")}
+    r"""The config fields that define a run's results, compared on resume: all but how and
+    where it is run (`resume`, `quiet`, `dry_run`, `out`: a moved folder can be resumed)."""
+    skip = ("resume", "quiet", "dry_run", "out")
+    return {k: v for k, v in config_dict(cfg).items() if k not in skip}
 
 
 def check_device(name: str) -> torch.device:

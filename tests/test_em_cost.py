@@ -23,9 +23,10 @@ def test_timed_per_image_runs_the_three_calls():
     assert all(math.isfinite(v) and v > 0 for v in t.values())
 
 
-@pytest.mark.parametrize("kwargs", [{"batch": 0}, {"repeats": 0}])
+@pytest.mark.parametrize("kwargs", [{"batch": 0}, {"repeats": 0}, {"tflops": -1.0}])
 def test_bad_sizes_are_refused(kwargs):
-    with pytest.raises(ValueError, match="batch and repeats"):
+    (name,) = kwargs
+    with pytest.raises(ValueError, match=f"{name} must be a finite number > 0"):
         CostConfig(**kwargs)
 
 

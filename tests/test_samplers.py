@@ -9,7 +9,15 @@ protocols §1.5. That separates Monte-Carlo error from discretization error.
 import pytest
 import torch
 
-from emdm import DPLR, MMPS, DenseOperator, GaussianDenoiser, VESchedule, sample
+from emdm import (
+    DPLR,
+    MMPS,
+    DenseOperator,
+    GaussianDenoiser,
+    VESchedule,
+    VPSchedule,
+    sample,
+)
 from emdm.samplers import DDPM, SAMPLERS
 
 D, M = 3, 1
@@ -207,6 +215,22 @@ def test_bad_sampler_arguments():
         sample(Recorder(), x, SCHEDULE, "ddpm", 2, generator=[torch.Generator()])
 
 
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_bad_start_is_rejected_before_any_denoiser_call(sampler):
+    schedule = VPSchedule() if sampler == "ddim_vp" else SCHEDULE
+    for bad in (float("nan"), float("inf")):  # used to give non-finite samples, silently
+        x = torch.zeros(4, 3)
+        x[1, 2] = bad
+        rec = Recorder()
+        with pytest.raises(ValueError, match=r"x_1 of shape \(4, 3\) has 1 NaN or infinite"):
+            sample(rec, x, schedule, sampler, 2)
+        assert rec.sigmas == []
+    rec = Recorder()  # an empty batch used to raise an IndexError in the first step
+    with pytest.raises(ValueError, match=r"x_1 has shape \(0, 3\): an empty batch"):
+        sample(rec, torch.zeros(0, 3), schedule, sampler, 2)
+    assert rec.sigmas == []
+
+
 def vp_exact_law(denoiser, sampler, mean_1, cov_1):
     """The law of VPDDIM's output: each step x_s = k x_t + (a_s - k a_t) d(x_t / a_t) + std z
     is affine in x_t when d is."""
@@ -266,3 +290,18 @@ def test_vp_ddim_grid_and_calls():
         VPDDIM(recorder, VESchedule(), steps=4)
     with pytest.raises(ValueError, match="eta must be in"):
         VPDDIM(recorder, VPSchedule(), steps=4, eta=2.0)
+
+
+def test_samplers_for_a_schedule_are_those_that_run_on_it():
+    from emdm import VPSchedule
+    from emdm.samplers import samplers_for
+
+    assert samplers_for(VESchedule) == ("ddpm", "ddim", "pc")
+    assert samplers_for(VPSchedule) == tuple(SAMPLERS)
+    x = torch.zeros(1, 2, dtype=DT)
+    for name in SAMPLERS:
+        if name in samplers_for(VESchedule):
+            sample(Recorder(), x, SCHEDULE, name, 2)
+        else:
+            with pytest.raises(ValueError, match="needs a VPSchedule"):
+                sample(Recorder(), x, SCHEDULE, name, 2)
