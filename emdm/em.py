@@ -35,64 +35,79 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from . import faults
+from .config import NONNEGATIVE, POSITIVE, Checked, interval, option
 from .distributed import Context, local
 from .dplr import DPLR
+from .errors import UserError
 from .loss import beta33, denoising_loss
 from .mmps import COVARIANCES, MMPS, SOLVERS
-from .samplers import SAMPLERS, sample
-from .schedule import Schedule
+from .progress import bar
+from .runs import write_atomic
+from .samplers import sample, samplers_for
+from .schedule import Schedule, VESchedule
 from .solvers import DOTS
 
 
 @dataclasses.dataclass
-class EMConfig:
-    r"""Settings of the EM loop; the paper's manifold values are in comments."""
+class EMConfig(Checked):
+    r"""Settings of the EM loop; the paper's manifold values in the help."""
 
-    iterations: int = 32  # EM laps (64)
-    train_steps: int = 1024  # Adam steps per lap (65 536)
-    batch_size: int = 1024  # (1024)
-    lr: float = 1e-3  # (1e-3)
-    lr_end: float = 1e-6  # linear decay from lr to lr_end within a lap; lr_end = lr: constant
-    restart_optimizer: bool = True  # a fresh Adam state each lap, as the paper does
-    clip: float = 1.0  # global gradient-norm clip (1.0)
-    ema: float = 0.0  # EMA decay of the weights used by the E-step; 0: none (none)
-    sampler: str = "pc"  # ("pc")
-    steps: int = 256  # (4096)
-    covariance: str = "tweedie"  # or a heuristic; "cov_x": q_0's covariance, the code's default
-    cg_iterations: int = 2  # (until converged, rtol 1e-3)
-    solver: str = "cg"  # or "dense": the exact solve, symmetrized and guarded (small y only)
-    dot: str = "sample"  # CG inner products per sample, or "batch": over each E-step batch, as
-    # the paper's image code (one jax cg on the batch array: one step size for all 256 samples)
-    sample_batch: int = 4096  # observations per E-step batch
-    keep_range: float = 3.0  # drop samples with a coordinate outside (-r, r); 0: keep all (3)
-    flip: bool = False  # M-step augmentation: random horizontal flips of (B, C, H, W) images
-    shift: int = 0  # M-step augmentation: random shifts by up to this many pixels (reflect)
-    seeding: str = "stream"  # "batch": one E-step generator per batch (any number of ranks)
-    mean_samples: int = 0  # n > 0: each E-step starts at the mean of the first n samples
-    seed: int = 0
-
-    def __post_init__(self):
-        for name in ("iterations", "train_steps", "batch_size", "steps", "cg_iterations"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {tuple(SAMPLERS)}, got {self.sampler!r}")
-        if self.covariance not in (*COVARIANCES, "cov_x"):
-            raise ValueError(
-                f"covariance must be one of {(*COVARIANCES, 'cov_x')}, got {self.covariance!r}"
-            )
-        if self.solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
-        if self.dot not in DOTS:
-            raise ValueError(f"dot must be one of {DOTS}, got {self.dot!r}")
-        if not 0 <= self.ema < 1:
-            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
-        if self.seeding not in ("stream", "batch"):
-            raise ValueError(f"seeding must be 'stream' or 'batch', got {self.seeding!r}")
-        if self.shift < 0 or self.mean_samples < 0:
-            raise ValueError("shift and mean_samples must be non-negative integers")
+    iterations: int = option(32, "EM laps (paper: 64)", check=POSITIVE)
+    train_steps: int = option(1024, "Adam steps per lap (paper: 65 536)", check=POSITIVE)
+    batch_size: int = option(1024, "M-step batch size (paper: 1024)", check=POSITIVE)
+    lr: float = option(1e-3, "learning rate at a lap's start (paper: 1e-3)", check=POSITIVE)
+    lr_end: float = option(
+        1e-6, "learning rate at a lap's end, linear from lr; lr_end = lr: constant", check=POSITIVE
+    )
+    restart_optimizer: bool = option(True, "a fresh Adam state each lap, as the paper does")
+    clip: float = option(1.0, "global gradient-norm clip (paper: 1.0)", check=POSITIVE)
+    ema: float = option(
+        0.0,
+        "EMA decay of the weights the E-step uses; 0: none (paper: none)",
+        check=interval(0, 1),
+    )
+    # the E-step starts at x_1 = mean + sigma(1) z in VE coordinates
+    sampler: str = option(
+        "pc", "sampler of the E-step (paper: pc)", choices=samplers_for(VESchedule)
+    )
+    steps: int = option(256, "sampler steps of the E-step (paper: 4096)", check=POSITIVE)
+    covariance: str = option(
+        "tweedie",
+        "MMPS covariance: tweedie, a heuristic, or cov_x: q_0's (the paper's code's default)",
+        choices=(*COVARIANCES, "cov_x"),
+    )
+    cg_iterations: int = option(
+        2, "CG iterations of MMPS (paper: until converged, rtol 1e-3)", check=POSITIVE
+    )
+    solver: str = option(
+        "cg", "MMPS solver; dense: the exact solve, symmetrized and guarded (small y only)",
+        choices=SOLVERS,
+    )  # fmt: skip
+    # "batch" as the paper's image code: one jax cg on the batch array, one step size for all
+    dot: str = option(
+        "sample", "CG inner products per sample, or batch: over each E-step batch", choices=DOTS
+    )
+    sample_batch: int = option(4096, "observations per E-step batch", check=POSITIVE)
+    keep_range: float = option(
+        3.0,
+        "drop samples with a coordinate outside (-r, r); 0: keep all (paper: 3)",
+        check=NONNEGATIVE,
+    )
+    flip: bool = option(False, "M-step augmentation: random horizontal flips of images")
+    shift: int = option(
+        0, "M-step augmentation: random shifts by up to this many pixels", check=NONNEGATIVE
+    )
+    seeding: str = option(
+        "stream",
+        "E-step noise: one stream, or batch: one generator per batch (any number of ranks)",
+        choices=("stream", "batch"),
+    )
+    mean_samples: int = option(
+        0, "n > 0: each E-step starts at the mean of the first n samples", check=NONNEGATIVE
+    )
+    seed: int = option(0, "seed of the M- and E-steps' generators", check=NONNEGATIVE)
 
 
 def batch_cov_y(cov_y: float | Tensor, y: Tensor, index: slice) -> float | Tensor:
@@ -157,8 +172,9 @@ def m_step(
     shard = ctx.split(cfg.batch_size)
     denoiser.train()
     losses = []
-    bar = tqdm(range(cfg.train_steps), disable=not progress, desc=desc, leave=False)
-    for step in bar:
+    steps = bar(range(cfg.train_steps), progress, desc=desc, leave=False)
+    for step in steps:
+        faults.point("m-step")
         index = torch.randint(
             len(samples), (cfg.batch_size,), generator=generator, device=generator.device
         )
@@ -180,8 +196,8 @@ def m_step(
                 for p_ema, p in zip(ema.parameters(), denoiser.parameters(), strict=True):
                     p_ema.lerp_(p, 1 - cfg.ema)
         losses.append(loss.detach())
-        if step % 64 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+        if progress and step % 64 == 0:
+            steps.set_postfix(loss=f"{loss.item():.4f}")
     denoiser.eval()
     tail = torch.stack(losses[-max(1, len(losses) // 10) :])
     return tail.mean().item()
@@ -234,7 +250,8 @@ def e_step(
     sigma_1 = schedule.sigma_ve(torch.ones((), dtype=torch.float64)).item()
     starts = range(0, len(y), cfg.sample_batch)
     mine = [starts[b] for b in ctx.shard(len(starts))]
-    for b, i in enumerate(tqdm(mine, disable=not progress, desc="E-step", leave=False)):
+    for b, i in enumerate(bar(mine, progress, desc="E-step", leave=False)):
+        faults.point("e-step")
         index = slice(i, i + cfg.sample_batch)
         y_i = y[index].to(device)
         c_i = batch_cov_y(cov_y, y, index)
@@ -266,9 +283,25 @@ def e_step(
 
 
 def _write_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    r"""Writes `state` to `path` atomically, through a temporary file of a unique name."""
+
+    def write(tmp: Path) -> None:
+        faults.point("checkpoint")
+        torch.save(state, tmp)
+        faults.point("checkpoint")
+
+    write_atomic(path, write)
+
+
+def _load_checkpoint(path: Path, device: torch.device | str | None = None) -> dict[str, Any]:
+    r"""Loads a checkpoint, or raises a :class:`UserError` naming the damaged file."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # torch raises many types for a damaged file
+        raise UserError(
+            f"the checkpoint {path} is damaged ({type(error).__name__}: {error}); delete it to "
+            f"redo the run from its start, or start anew in another folder"
+        ) from None
 
 
 def _differences(a: dict, b: dict) -> list[str]:
@@ -364,7 +397,7 @@ def run_em(
                     f"cannot resume {directory}: it was run with a different config; differing "
                     f"keys: {', '.join(differing)}"
                 )
-            state = torch.load(checkpoint, weights_only=True)
+            state = _load_checkpoint(checkpoint)
             denoiser.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             if ema is not None:
@@ -379,7 +412,8 @@ def run_em(
             (directory / "config.json").write_text(json.dumps(record, indent=2))
         ctx.barrier()  # no rank starts before every rank has checked the directory
 
-    for k in tqdm(range(start, cfg.iterations), disable=not progress, desc="EM", initial=start):
+    laps = range(start, cfg.iterations)
+    for k in bar(laps, progress, desc="EM", initial=start, total=cfg.iterations):
         if cfg.restart_optimizer:
             optimizer = torch.optim.Adam(denoiser.parameters(), lr=cfg.lr)
         if ema is not None:

@@ -28,12 +28,12 @@ __all__ = ["fit_gaussian", "ppca"]
 
 import torch
 from torch import Tensor
-from tqdm.auto import trange
 
 from .denoisers import GaussianDenoiser
 from .dplr import DPLR
 from .em import EMConfig, e_step
 from .operators import DenseOperator
+from .progress import bar
 from .schedule import Schedule, VESchedule
 
 
@@ -124,7 +124,7 @@ def fit_gaussian(
     generator = torch.Generator().manual_seed(0) if generator is None else generator
     mu = torch.zeros(shape, dtype=y.dtype, device=y.device)
     cov = DPLR(torch.ones(mu.numel(), dtype=y.dtype, device=y.device))
-    for _ in trange(iterations, disable=not progress, desc="fit_gaussian"):
+    for _ in bar(range(iterations), progress, desc="fit_gaussian"):
         prior = GaussianDenoiser(mu, cov)
         x, _ = e_step(prior, A, y, cov_y, cfg, schedule, mu, generator, covariance=cov)
         mu, cov = ppca(x, rank)

@@ -27,44 +27,76 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from .config import NONNEGATIVE, POSITIVE, Checked, at_least, interval, option
 from .denoisers import EDMDenoiser, GaussianDenoiser
 from .distributed import Context, local
-from .em import EMConfig, _write_checkpoint, e_step, run_em
+from .em import EMConfig, _load_checkpoint, _write_checkpoint, e_step, run_em
 from .gaussian import fit_gaussian
 from .nn import PixelShuffleNet, UNet
-from .samplers import sample
-from .schedule import Schedule
+from .progress import bar
+from .samplers import sample, samplers_for
+from .schedule import Schedule, VESchedule
 
 
 @dataclasses.dataclass
-class GaussianStart:
-    r"""The fit of :math:`q_0`; the paper's CIFAR values in comments (MRI: 4096 observations,
+class GaussianStart(Checked):
+    r"""The fit of :math:`q_0`; the paper's CIFAR values in the help (MRI: 4096 observations,
     CG 5)."""
 
-    rank: int = 64  # (64)
-    iterations: int = 16  # (16)
-    observations: int = 16384  # the first ones (16 384)
-    sampler: str = "ddim"  # ("ddim")
-    steps: int = 256  # (256)
-    cg_iterations: int = 32  # of the fit only (until converged, rtol 1e-3; MRI: 5)
+    rank: int = option(64, "rank of the covariance's low-rank part (paper: 64)", check=POSITIVE)
+    iterations: int = option(
+        16, "Monte-Carlo EM iterations of the fit (paper: 16)", check=POSITIVE
+    )
+    observations: int = option(
+        16384, "the first observations the fit uses (paper: 16 384)", check=at_least(2)
+    )  # PPCA needs two samples
+    # the fit's E-step starts at x_1 = mean + sigma(1) z in VE coordinates
+    sampler: str = option(
+        "ddim", "sampler of the fit's E-steps (paper: ddim)", choices=samplers_for(VESchedule)
+    )
+    steps: int = option(256, "sampler steps of the fit (paper: 256)", check=POSITIVE)
+    cg_iterations: int = option(
+        32, "CG iterations of the fit only (paper: until converged, rtol 1e-3; MRI: 5)",
+        check=POSITIVE,
+    )  # fmt: skip
 
 
 @dataclasses.dataclass
-class UNetConfig:
+class UNetConfig(Checked):
     r"""The denoiser :math:`d_\theta`: an EDM-preconditioned :class:`emdm.nn.UNet`; the paper's
     CIFAR values by default (MRI: 16 channels, widths (128, 256, 384, 512), 3 blocks per level,
     attention at level 3, pixel shuffle 4)."""
 
-    channels: int = 3  # of the images (after pixel-unshuffling)
-    hid_channels: tuple[int, ...] = (128, 256, 384)
-    hid_blocks: tuple[int, ...] = (5, 5, 5)
-    attention: tuple[int, ...] = (1,)  # levels with attention blocks
-    heads: int = 4
-    emb_features: int = 256
-    dropout: float = 0.1
-    pixel_shuffle: int = 1  # > 1: the U-Net runs on pixel-unshuffled (B, H, W) images
+    channels: int = option(3, "channels of the images (after pixel-unshuffling)", check=POSITIVE)
+    hid_channels: tuple[int, ...] = option(
+        (128, 256, 384), "channels of each level", check=POSITIVE
+    )
+    hid_blocks: tuple[int, ...] = option(
+        (5, 5, 5), "residual blocks of each level", check=POSITIVE
+    )
+    attention: tuple[int, ...] = option(
+        (1,), "levels (from 0) with attention blocks", check=NONNEGATIVE
+    )
+    heads: int = option(4, "attention heads", check=POSITIVE)
+    emb_features: int = option(256, "features of the noise-level embedding", check=POSITIVE)
+    dropout: float = option(0.1, "dropout rate", check=interval(0, 1))
+    pixel_shuffle: int = option(
+        1, "> 1: the U-Net runs on pixel-unshuffled (B, H, W) images, by this factor",
+        check=POSITIVE,
+    )  # fmt: skip
+
+    def __post_init__(self):
+        super().__post_init__()
+        if len(self.hid_blocks) != len(self.hid_channels):
+            raise ValueError(
+                f"hid_blocks {self.hid_blocks} needs one count per level of hid_channels "
+                f"{self.hid_channels}"
+            )
+        if not set(self.attention) <= set(range(len(self.hid_channels))):
+            raise ValueError(
+                f"attention levels {self.attention} must lie in range({len(self.hid_channels)})"
+            )
 
     def build(self) -> EDMDenoiser:
         net = UNet(self.channels, self.channels, self.hid_channels, self.hid_blocks,
@@ -92,7 +124,7 @@ def draw(
     device = mean.device
     out = []
     with torch.no_grad():
-        for i in tqdm(range(0, n, batch), disable=not progress, desc="samples", leave=False):
+        for i in bar(range(0, n, batch), progress, desc="samples", leave=False):
             shape = (min(batch, n - i), *mean.shape)
             z = torch.randn(shape, generator=generator, dtype=mean.dtype, device=device)
             out.append(sample(denoiser, mean + sigma_1 * z, schedule, sampler, steps, generator))
@@ -144,7 +176,7 @@ def learn_prior(
     device = next(denoiser.parameters()).device
     q0_path = directory / "q0.pt"
     if resume and q0_path.exists():
-        state = torch.load(q0_path, weights_only=True)
+        state = _load_checkpoint(q0_path)
         mean, samples = state["mean"].to(device), state["samples"].to(y.device)
     else:
         if (directory / "last.pt").exists() and not resume:
@@ -190,12 +222,12 @@ def load_prior(
     directory = Path(directory)
     if not (directory / "last.pt").exists():
         raise FileNotFoundError(f"no complete EM lap in {directory}: {directory / 'last.pt'}")
-    state = torch.load(directory / "last.pt", map_location=device, weights_only=True)
+    state = _load_checkpoint(directory / "last.pt", device)
     denoiser = net.build().to(device)
     denoiser.load_state_dict(state["ema"] if state["ema"] is not None else state["model"])
     mean = state["mean"] if state.get("mean") is not None else None
     if mean is None:
-        mean = torch.load(directory / "q0.pt", map_location=device, weights_only=True)["mean"]
+        mean = _load_checkpoint(directory / "q0.pt", device)["mean"]
     return denoiser.eval(), mean.to(device)
 
 

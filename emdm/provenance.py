@@ -3,27 +3,32 @@ r"""Provenance of a result, and the tidy CSV + JSON pair that every run writes.
 A run named `name` writes `<out_dir>/<name>.csv`, one row per measurement with a `metric` and a
 `value` column plus the columns that identify the row, and `<out_dir>/<name>.json`, holding the
 resolved config, the scale (`"quick"` or `"paper"`), the provenance (git commit, versions,
-device, threads, time) and the wall time. Both files are written to a temporary file in the same
-folder and renamed once both are complete, so a crash never leaves a partial file.
+device, threads, time), the wall time and the SHA-256 of each file of the result. These two and
+the run's figures and arrays are published together (:class:`emdm.publish.Publication`): a crash
+leaves the former set or the new one, never a mix.
 """
 
-__all__ = ["provenance", "read_jsonl", "write_results"]
+__all__ = ["append_jsonl", "code_version", "provenance", "read_jsonl", "write_results"]
 
+import contextlib
 import datetime
+import hashlib
 import importlib.metadata
 import json
 import os
 import platform
 import subprocess
 import sys
-import tempfile
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
+
+from .publish import Publication
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -85,12 +90,10 @@ def provenance(device: torch.device | str | None = None) -> dict[str, Any]:
     """
     from . import __version__
 
-    commit = _git("rev-parse", "HEAD")
-    # tracked files only: results written beside the code must not mark the tree dirty
-    status = _git("status", "--porcelain", "--untracked-files=no") if commit is not None else None
+    version = code_version()
     return {
-        "commit": commit,
-        "dirty": None if status is None else bool(status),
+        "commit": version["commit"],
+        "dirty": version["dirty"],
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
@@ -105,25 +108,66 @@ def provenance(device: torch.device | str | None = None) -> dict[str, Any]:
     }
 
 
+def code_version() -> dict[str, Any]:
+    r"""The version of the code that runs: the git commit (`None` outside a checkout), whether
+    tracked files outside `results/` differ from it (`dirty`; results written beside the code do
+    not count), and `diff`, a SHA-256 of that difference and of the source files that git does
+    not track yet (`None` when there is neither), so that two processes can tell whether they
+    ran the same code."""
+    from . import __version__
+
+    commit = _git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None, "diff": None, "emdm": __version__}
+    paths = ("--", ".", ":(exclude)results")
+    status = _git("status", "--porcelain", "--untracked-files=no", *paths)
+    digest = hashlib.sha256((_git("diff", "HEAD", *paths) or "").encode() if status else b"")
+    # new files that git does not track yet are code too (a new module, say)
+    for name in (_git("ls-files", "--others", "--exclude-standard", *paths) or "").split("\n"):
+        if name.endswith((".py", ".toml", ".cfg", ".json", ".sh")):
+            digest.update(name.encode() + b"\0")
+            with contextlib.suppress(OSError):
+                digest.update((REPO / name).read_bytes())
+    changed = digest.hexdigest() != hashlib.sha256(b"").hexdigest()
+    return {
+        "commit": commit,
+        "dirty": None if status is None else bool(status),
+        "diff": digest.hexdigest() if changed else None,
+        "emdm": __version__,
+    }
+
+
+def append_jsonl(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
+    r"""Appends `rows` to a JSON-lines log, one line each, in one write. A last line that a
+    killed writer left without its newline is cut first, so that no row is glued to it."""
+    path = Path(path)
+    if path.exists():
+        with open(path, "rb+") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            if size:
+                f.seek(max(0, size - 1))
+                if f.read(1) != b"\n":  # cut back to the last complete line
+                    f.seek(0)
+                    data = f.read()
+                    f.seek(0)
+                    f.truncate(data.rfind(b"\n") + 1)
+    text = "".join(json.dumps(row, default=float) + "\n" for row in rows)
+    with open(path, "a") as f:
+        f.write(text)
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    r"""The rows of a JSON-lines log (one object per non-empty line), `[]` if there is none."""
+    r"""The rows of a JSON-lines log (one object per non-empty line), `[]` if there is none.
+    A last line without its newline, cut short by a killed writer, is left out."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _write_temp(path: Path, write: Callable[[Any], None]) -> Path:
-    r"""Writes a hidden temporary file beside `path` and returns its path."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp creates 0o600, too private for a result
-        with os.fdopen(fd, "w", newline="") as f:
-            write(f)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp)
+    text = path.read_text()
+    lines = text.split("\n")
+    if not text.endswith("\n"):
+        lines = lines[:-1]
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def write_results(
@@ -136,18 +180,26 @@ def write_results(
     quick: bool,
     extra: dict[str, Any] | None = None,
     device: torch.device | str | None = None,
+    figures: Mapping[str, Figure] | None = None,
+    arrays: Mapping[str, np.ndarray] | None = None,
+    segments: list[dict[str, Any]] | None = None,
 ) -> tuple[Path, Path]:
-    r"""Writes `<out_dir>/<name>.csv` and `<out_dir>/<name>.json`.
+    r"""Publishes `<out_dir>/<name>.csv`, `<out_dir>/<name>.json` and the run's figures and
+    arrays, together.
 
     Arguments:
         name: The result's name, e.g. `"demo"` or `"table1_quick"`.
         rows: The measurements, one dictionary per row, each with `metric` and `value` keys.
         config: The resolved config of the run.
-        wall_time: The run's wall time, in seconds.
+        wall_time: The run's wall time, in seconds (all segments of a resumed run).
         out_dir: The folder, created if missing.
         quick: Whether the run is at quick (CPU) scale rather than paper scale.
         extra: Anything else to record in the JSON.
         device: The device of the run, for the provenance.
+        figures: Figures to publish with the tables, by file name (saved as PNG, 150 dpi).
+        arrays: Arrays to publish with them, by file name (saved with `np.save`).
+        segments: For a run done in several processes (killed and resumed), each process's
+            code version, start and wall time (:class:`emdm.runs.RunFolder`).
 
     Returns:
         The paths of the CSV and JSON files.
@@ -169,24 +221,23 @@ def write_results(
         "provenance": provenance(device),
         "extra": extra or {},
     }
-    text = json.dumps(meta, indent=2, default=str) + "\n"  # fails here, before any write
+    if segments is not None:
+        meta["segments"] = segments
+    json.dumps(meta, default=str)  # fails here, before any write
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv, js = out_dir / f"{name}.csv", out_dir / f"{name}.json"
     frame = pd.DataFrame(rows)
     for column in frame.columns:  # integer columns with gaps stay integers, not 32.0
         values = [row[column] for row in rows if row.get(column) is not None]
         if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             frame[column] = frame[column].astype("Int64")
-    # both files complete before either replaces an older one
-    temps = []
-    try:
-        temps.append(_write_temp(csv, lambda f: frame.to_csv(f, index=False)))
-        temps.append(_write_temp(js, lambda f: f.write(text)))
-        for tmp, path in zip(temps, (csv, js), strict=True):
-            os.replace(tmp, path)
-    finally:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
-    return csv, js
+    with Publication(out_dir, name) as pub:
+        frame.to_csv(pub.path(f"{name}.csv"), index=False)
+        for filename, fig in (figures or {}).items():
+            # no timestamp in the PNG: the same figure gives the same bytes
+            path = pub.path(filename)
+            fig.savefig(path, dpi=150, bbox_inches="tight", metadata={"Software": None})
+        for filename, array in (arrays or {}).items():
+            np.save(pub.path(filename), array)
+        pub.write_json(f"{name}.json", meta)
+    out_dir = pub.out_dir
+    return out_dir / f"{name}.csv", out_dir / f"{name}.json"

@@ -28,6 +28,7 @@ __all__ = [
     "Sampler",
     "randn_like",
     "sample",
+    "samplers_for",
 ]
 
 import math
@@ -36,8 +37,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from .progress import bar
 from .schedule import Schedule, VPSchedule
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
@@ -77,6 +78,8 @@ class Sampler(ABC):
     calls_per_step: int = 1
     #: Whether the output is one more denoiser call after the last step.
     final_denoise: bool = True
+    #: The schedules it runs on.
+    schedule_type: type[Schedule] = Schedule
 
     def __init__(
         self,
@@ -119,7 +122,8 @@ class Sampler(ABC):
     def __call__(self, x_1: Tensor, generator: Generator = None) -> Tensor:
         r"""
         Arguments:
-            x_1: The initial state at :math:`t = 1`, with shape :math:`(B, *)`.
+            x_1: The initial state at :math:`t = 1`, with shape :math:`(B, *)`, :math:`B \geq 1`,
+                finite (checked once per call: one host synchronization).
             generator: A generator, or one per sample, for the noise of stochastic steps.
 
         Returns:
@@ -127,9 +131,19 @@ class Sampler(ABC):
         """
         if not isinstance(x_1, Tensor) or x_1.ndim < 1 or not x_1.is_floating_point():
             raise ValueError("x_1 must be a floating-point tensor with shape (B, *)")
+        if x_1.shape[0] == 0:
+            raise ValueError(
+                f"x_1 has shape {tuple(x_1.shape)}: an empty batch, expected at least one sample"
+            )
+        # once per call, not per step: a non-finite start only gives non-finite samples
+        if not bool(torch.isfinite(x_1).all()):
+            raise ValueError(
+                f"x_1 of shape {tuple(x_1.shape)} has {int((~torch.isfinite(x_1)).sum())} NaN "
+                "or infinite entries: expected a finite start, e.g. mean + sigma(1) z"
+            )
         x = x_1
         grid = self.grid()
-        for i, (t, s) in enumerate(tqdm(grid, disable=not self.progress, desc="sampling")):
+        for i, (t, s) in enumerate(bar(grid, self.progress, desc="sampling", leave=False)):
             x = self.step(x, t, s, generator)
             if self.check_finite and not bool(torch.isfinite(x).all()):
                 sigma_t = self.sigma(t, x)[0].item()
@@ -230,10 +244,11 @@ class VPDDIM(Sampler):
     """
 
     final_denoise = False
+    schedule_type = VPSchedule
 
     def __init__(self, denoiser, schedule: VPSchedule, steps: int = 100, eta: float = 1.0,
                  **kwargs):  # fmt: skip
-        if not isinstance(schedule, VPSchedule):
+        if not isinstance(schedule, self.schedule_type):
             raise ValueError(f"VPDDIM needs a VPSchedule, got {type(schedule).__name__}")
         super().__init__(denoiser, schedule, steps, **kwargs)
         if not 0 <= eta <= 1:
@@ -280,6 +295,12 @@ SAMPLERS: dict[str, type[Sampler]] = {
 }
 
 
+def samplers_for(schedule: type[Schedule]) -> tuple[str, ...]:
+    r"""The names of the samplers of :data:`SAMPLERS` that run on a schedule of the type
+    `schedule` (e.g. :class:`emdm.VESchedule`: all but `"ddim_vp"`)."""
+    return tuple(name for name, s in SAMPLERS.items() if issubclass(schedule, s.schedule_type))
+
+
 def sample(
     denoiser: Callable[[Tensor, Tensor], Tensor],
     x1: Tensor,
@@ -294,7 +315,9 @@ def sample(
 
     Arguments:
         denoiser: A denoiser :math:`d(x_t, \sigma)`, e.g. an :class:`emdm.MMPS`.
-        x1: The initial state, typically :math:`\mu + \sigma(1) z`, with shape :math:`(B, *)`.
+        x1: The initial state, typically :math:`\mu + \sigma(1) z`, with shape :math:`(B, *)`,
+            :math:`B \geq 1`, finite (checked once, before the first step), and of the dtype of
+            the observations of a posterior denoiser.
         schedule: The noise schedule.
         sampler: One of `"ddpm"`, `"ddim"`, `"pc"` or `"ddim_vp"` (with a VP schedule).
         steps: The number of steps.

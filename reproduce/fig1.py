@@ -20,27 +20,40 @@ import time
 
 import torch
 
-from emdm.config import config_dict, parse_scaled
+from emdm.config import (
+    NONNEGATIVE,
+    PLAIN_NAME,
+    POSITIVE,
+    SCALES,
+    Checked,
+    config_dict,
+    option,
+    parse_scaled,
+)
 from emdm.denoisers import MixtureDenoiser
+from emdm.errors import cli
 from emdm.likelihood import LIKELIHOODS, log_likelihood, resample
 from emdm.metrics import ot_score
-from emdm.plots import pairs, save
+from emdm.plots import pairs
 from emdm.provenance import write_results
+from emdm.publish import check_writable
 
 TITLES = {"exact": "p(x_t | y)", "tweedie": "V[x | x_t]", "cov_x": "(Σx⁻¹+Σt⁻¹)⁻¹",
           "sigma_t": "Σt", "zero": "0"}  # fmt: skip
 
 
 @dataclasses.dataclass
-class Fig1Config:
-    samples: int = 65536
-    sigma_t: float = 0.25
-    ot_samples: int = 2048
-    seed: int = 0
-    scale: str = "paper"
-    name: str = "fig1"
-    out: str = "results"
-    dry_run: bool = False
+class Fig1Config(Checked):
+    r"""Figure 1: p(x_t | y) and its Gaussian-likelihood approximations on a helix."""
+
+    samples: int = option(65536, "draws per panel (paper: 65 536)", check=POSITIVE)
+    sigma_t: float = option(0.25, "noise level σ_t of x_t (paper: 0.25)", check=POSITIVE)
+    ot_samples: int = option(2048, "draws per side of each OT score", check=POSITIVE)
+    seed: int = option(0, "seed of every draw", check=NONNEGATIVE)
+    scale: str = option("paper", "the preset's scale, recorded", choices=SCALES)
+    name: str = option("fig1", "name of the result files", check=PLAIN_NAME)
+    out: str = option("results", "output folder")
+    dry_run: bool = option(False, "print the resolved config and exit")
 
 
 QUICK = Fig1Config(samples=16384, scale="quick", name="fig1_quick")
@@ -58,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.dry_run:
         print(json.dumps(config_dict(cfg), indent=2))
         return 0
+    check_writable(cfg.out)
     start, g = time.perf_counter(), torch.Generator().manual_seed(cfg.seed)
     prior = MixtureDenoiser(helix(), 0.01)
     W, y, cov_y = torch.tensor([[1.0, 0.0, 2.0]], dtype=torch.float64), torch.zeros(1), 1e-4
@@ -78,15 +92,16 @@ def main(argv: list[str] | None = None) -> int:
          "value": float(ot_score(u1, u2, v[:n]))}
         for cov, v in panels.items()
     ]  # fmt: skip
-    csv, _ = write_results(
+    figure = pairs({TITLES[k]: v for k, v in panels.items()})
+    write_results(
         cfg.name, rows, config_dict(cfg), wall_time=time.perf_counter() - start,
         out_dir=cfg.out, quick=cfg.scale == "quick", device="cpu",
+        figures={f"{cfg.name}.png": figure},
     )  # fmt: skip
-    save(pairs({TITLES[k]: v for k, v in panels.items()}), csv.with_suffix(".png"))
     for row in rows:
         print(f"{row['covariance']:>8}  {row['value']:.4g}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli(main))

@@ -25,15 +25,28 @@ import time
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from emdm.config import check_device, config_dict, parse_scaled
+from emdm.config import (
+    DEVICE,
+    PLAIN_NAME,
+    POSITIVE,
+    SCALES,
+    Checked,
+    check_device,
+    config_dict,
+    option,
+    parse_scaled,
+)
 from emdm.data import RandomManifold
 from emdm.denoisers import MixtureDenoiser
+from emdm.errors import cli
 from emdm.likelihood import EXACT, LIKELIHOODS, log_likelihood, resample
+from emdm.metrics import METHODS as OT_METHODS
 from emdm.metrics import ot_cost
-from emdm.plots import figure, save
+from emdm.plots import figure
+from emdm.progress import bar
 from emdm.provenance import write_results
+from emdm.publish import check_writable
 
 LABELS = {
     "tweedie": r"$\mathbb{V}[x \mid x_t]$",
@@ -46,23 +59,30 @@ LABELS = {
 
 
 @dataclasses.dataclass
-class Fig2Config:
-    seeds: int = 64
-    components: int = 256
-    std: float = 0.01
-    sigma_y: float = 0.01
-    prior_samples: int = 2**20
-    ot_samples: int = 16384
-    method: str = "sinkhorn"
-    sigmas: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
-    device: str = "cpu"
-    scale: str = "paper"
-    name: str = "fig2"
-    out: str = "results"
-    quiet: bool = False
-    dry_run: bool = False
+class Fig2Config(Checked):
+    r"""Figure 2: the distance from q(x_t | y) to p(x_t | y) per covariance, against σ_t."""
+
+    seeds: int = option(64, "seeds (problems) 0, 1, ..., seeds - 1 (paper: 64)", check=POSITIVE)
+    components: int = option(256, "Gaussians of the prior (paper: 256)", check=POSITIVE)
+    std: float = option(0.01, "std of each Gaussian (paper: 0.01)", check=POSITIVE)
+    sigma_y: float = option(0.01, "observation noise std σ_y (paper: 0.01)", check=POSITIVE)
+    prior_samples: int = option(2**20, "prior draws resampled per σ_t", check=POSITIVE)
+    ot_samples: int = option(16384, "draws per side of each OT cost", check=POSITIVE)
+    method: str = option("sinkhorn", "OT solver (paper: sinkhorn)", choices=OT_METHODS)
+    sigmas: tuple[float, ...] = option(
+        (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0),
+        "noise levels σ_t",
+        check=POSITIVE,
+    )
+    device: str = option("cpu", "device of the likelihoods and OT costs", check=DEVICE)
+    scale: str = option("paper", "scale the results are labelled with", choices=SCALES)
+    name: str = option("fig2", "name of the result files", check=PLAIN_NAME)
+    out: str = option("results", "output folder")
+    quiet: bool = option(False, "print nothing but errors")
+    dry_run: bool = option(False, "print the resolved config and exit")
 
     def __post_init__(self):
+        super().__post_init__()
         check_device(self.device)  # a clear error at parse time, before any work
 
 
@@ -132,17 +152,17 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.dry_run:
         print(json.dumps(config_dict(cfg), indent=2))
         return 0
-    device = check_device(cfg.device)
+    device, _ = check_device(cfg.device), check_writable(cfg.out)
     start = time.perf_counter()
     rows = []
-    for seed in tqdm(range(cfg.seeds), disable=cfg.quiet, desc="seeds"):
+    for seed in bar(range(cfg.seeds), not cfg.quiet, desc="seeds"):
         rows += one_seed(seed, cfg)
     frame = pd.DataFrame(rows)
     csv, _ = write_results(
         cfg.name, rows, config_dict(cfg), wall_time=time.perf_counter() - start,
         out_dir=cfg.out, quick=cfg.scale == "quick", device=device,
+        figures={f"{cfg.name}.png": plot(frame)},
     )  # fmt: skip
-    save(plot(frame), csv.with_suffix(".png"))
     if not cfg.quiet:
         table = frame.pivot_table(index="sigma_t", columns="covariance", values="value",
                                   aggfunc="median")  # fmt: skip
@@ -152,4 +172,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli(main))

@@ -19,44 +19,65 @@ concentrate on the curve. Writes results/fig3[_quick].{csv,json,png} and _score.
 import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from emdm import EDMDenoiser, GaussianDenoiser, VESchedule
-from emdm.config import check_device, config_dict, parse_scaled
+from emdm import DPLR, EDMDenoiser, GaussianDenoiser, VESchedule
+from emdm.config import (
+    DEVICE,
+    NONNEGATIVE,
+    PLAIN_NAME,
+    POSITIVE,
+    SCALES,
+    Checked,
+    at_least,
+    check_device,
+    config_dict,
+    option,
+    parse_scaled,
+    run_identity,
+)
 from emdm.data import RandomManifold, observe, random_projections
 from emdm.em import EMConfig, e_step, run_em
+from emdm.errors import cli
 from emdm.gaussian import fit_gaussian
 from emdm.metrics import ot_score
 from emdm.nn import TimeMLP
 from emdm.operators import DenseOperator
-from emdm.plots import figure, pairs, save
+from emdm.plots import figure, pairs
+from emdm.progress import say
 from emdm.provenance import write_results
+from emdm.publish import check_writable
+from emdm.runs import RunFolder, write_atomic
 
 
 @dataclasses.dataclass
-class Fig3Config:
-    observations: int = 65536
-    sigma_y: float = 0.01
-    sigma_max: float = 10.0
-    gaussian_iterations: int = 16
-    gaussian_steps: int = 256
-    em: EMConfig = dataclasses.field(default_factory=EMConfig)
-    ot_samples: int = 4096
-    seed: int = 0
-    device: str = "cpu"
-    scale: str = "paper"
-    name: str = "fig3"
-    out: str = "results"
-    resume: bool = False
-    quiet: bool = False
-    dry_run: bool = False
+class Fig3Config(Checked):
+    r"""Figure 3: EM learns a diffusion prior of a 1-D manifold in R⁵ from 2-D projections."""
+
+    observations: int = option(
+        65536, "observations N (paper: 65 536)", check=at_least(2)
+    )  # the Gaussian fit's PPCA needs two
+    sigma_y: float = option(0.01, "observation noise std σ_y (paper: 0.01)", check=POSITIVE)
+    sigma_max: float = option(10.0, "σ(1) of the VE schedule (σ(0) = 1e-3)", check=POSITIVE)
+    gaussian_iterations: int = option(16, "Monte-Carlo EM iterations of q_0", check=POSITIVE)
+    gaussian_steps: int = option(256, "sampler steps of q_0's fit", check=POSITIVE)
+    em: EMConfig = option(help="the EM laps (--em-* flags)", default_factory=EMConfig)
+    ot_samples: int = option(4096, "samples per side of each OT score", check=POSITIVE)
+    seed: int = option(0, "seed of the data and the run", check=NONNEGATIVE)
+    device: str = option("cpu", "device of the run", check=DEVICE)
+    scale: str = option("paper", "scale the results are labelled with", choices=SCALES)
+    name: str = option("fig3", "name of the result files", check=PLAIN_NAME)
+    out: str = option("results", "output folder")
+    resume: bool = option(False, "continue the run in <out>/<name>_run")
+    quiet: bool = option(False, "print nothing but errors")
+    dry_run: bool = option(False, "print the resolved config and exit")
 
     def __post_init__(self):
+        super().__post_init__()
         check_device(self.device)  # a clear error at parse time, before any work
 
 
@@ -81,80 +102,97 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.dry_run:
         print(json.dumps(config_dict(cfg), indent=2))
         return 0
-    device = check_device(cfg.device)
-    start, out = time.perf_counter(), Path(cfg.out)
-    # the data are drawn on the CPU, so that they do not depend on the device
+    device, out = check_device(cfg.device), check_writable(cfg.out)
+    # every check (lock, a finished or other run, the code version, damaged files) before work
+    with RunFolder(out / f"{cfg.name}_run", run_identity(cfg), resume=cfg.resume) as run:
+        manifold, A, y, truth, g = _data(cfg)
+        schedule = VESchedule(1e-3, cfg.sigma_max)
+        A, y = A.to(device), y.to(device)
+        if device.type != "cpu":  # a generator of the device: the runs differ from the CPU's
+            g = torch.Generator(device).manual_seed(cfg.seed)
+        q0 = run.cached("q0.pt", lambda: _gaussian_start(cfg, A, y, schedule, g))
+        mu, cov = q0["mean"].to(device), DPLR(q0["D"], q0["U"], q0["V"]).to(device)
+
+        def score(samples):
+            n, samples = cfg.ot_samples, samples.cpu()
+            return float(ot_score(truth[:n].double(), truth[n:].double(), samples[:n].double()))
+
+        if not run.rows():  # the noise floor: a third truth sample (its own generator)
+            g3 = torch.Generator().manual_seed(cfg.seed + 1)
+            third = manifold.sample(cfg.ot_samples, generator=g3)
+            run.log([{"em_iteration": 0, "metric": m, "value": v}
+                     for m, v in (("score_emd", score(q0["samples"])),
+                                  ("noise_floor_emd", score(third.float())))])  # fmt: skip
+
+        def callback(k, samples, metrics):
+            if k & (k - 1) == 0:  # powers of two, as the paper's panels
+                write_atomic(run.path / f"q{k}.npy", lambda p: _save_npy(p, samples))
+            values = {"score_emd": score(samples), **metrics}
+            run.log([dict(em_iteration=k, metric=m, value=float(v)) for m, v in values.items()])
+            if not cfg.quiet:
+                say(f"EM iteration {k}: " + ", ".join(f"{m} {v:.4g}" for m, v in values.items()))
+
+        if not run.finished:
+            torch.manual_seed(cfg.seed)
+            denoiser = EDMDenoiser(TimeMLP(5, emb_features=64), emb_features=64).to(device)
+            run_em(denoiser, DenseOperator(A), y, cfg.sigma_y**2, q0["samples"].to(y), cfg.em,
+                   schedule, mean=mu, directory=run.path, resume=run.resuming,
+                   identity=run_identity(cfg), callback=callback, prior_cov=cov,
+                   progress=not cfg.quiet)  # fmt: skip
+        _publish(cfg, run, out, q0["samples"], truth, device)
+        run.finish()
+    if not cfg.quiet:
+        say(f"wrote {out / cfg.name}.{{csv,json,png}}, {cfg.name}_score.png and the q_k samples")
+    return 0
+
+
+def _data(cfg: Fig3Config) -> tuple:
+    r"""The curve, the operators (N, 2, 5), the observations (N, 2), 2 x ot_samples truth
+    points, drawn on the CPU, so that they do not depend on the device, and the generator that
+    drew them (the Gaussian fit continues its stream on the CPU)."""
     g = torch.Generator().manual_seed(cfg.seed)
     manifold = RandomManifold(5, generator=torch.Generator().manual_seed(0))
     x = manifold.sample(cfg.observations, generator=g).float()
     A = random_projections(cfg.observations, 5, 2, g, dtype=torch.float32)
     y = observe(x, A, cfg.sigma_y, g)
     truth = manifold.sample(2 * cfg.ot_samples, generator=g).float()
-    schedule = VESchedule(1e-3, cfg.sigma_max)
-    A, y = A.to(device), y.to(device)
-    if device.type != "cpu":  # a generator of the device: the runs differ from the CPU's
-        g = torch.Generator(device).manual_seed(cfg.seed)
+    return manifold, A, y, truth, g
 
+
+def _gaussian_start(cfg: Fig3Config, A, y, schedule, g) -> dict:
+    r"""q_0, a Gaussian fitted by Monte-Carlo EM, and one posterior sample per observation."""
     mu, cov = fit_gaussian(A, y, cfg.sigma_y**2, rank=5, iterations=cfg.gaussian_iterations,
                            schedule=schedule, steps=cfg.gaussian_steps, cg_iterations=2,
                            generator=g, progress=not cfg.quiet)  # fmt: skip
     q0, _ = e_step(GaussianDenoiser(mu, cov), DenseOperator(A), y, cfg.sigma_y**2, cfg.em,
                    schedule, mu, g, covariance=cov)  # fmt: skip
+    return {"mean": mu.cpu(), "D": cov.D.cpu(), "U": cov.U.cpu(), "V": cov.V.cpu(),
+            "samples": q0.cpu()}  # fmt: skip
 
-    def score(samples):
-        n, samples = cfg.ot_samples, samples.cpu()
-        return float(ot_score(truth[:n].double(), truth[n:].double(), samples[:n].double()))
 
-    run = out / f"{cfg.name}_run"
-    run.mkdir(parents=True, exist_ok=True)
-    log = run / "metrics.jsonl"  # one row per line, kept across a resume
-    if not cfg.resume or not log.exists():
-        # noise floor: the score of a third truth sample (its own generator: the run's draws stay)
-        third = manifold.sample(
-            cfg.ot_samples, generator=torch.Generator().manual_seed(cfg.seed + 1)
-        )
-        rows = [("score_emd", score(q0)), ("noise_floor_emd", score(third.float()))]
-        log.write_text("\n".join(
-            json.dumps({"em_iteration": 0, "metric": m, "value": v}) for m, v in rows
-        ))  # fmt: skip
-    kept = {"$q_0$": q0.cpu()}
+def _save_npy(path: Path, samples: torch.Tensor) -> None:
+    with open(path, "wb") as f:
+        np.save(f, samples.cpu().numpy())
 
-    def callback(k, samples, metrics):
-        values = {"score_emd": score(samples), **metrics}
-        with log.open("a") as f:
-            for m, v in values.items():
-                f.write("\n" + json.dumps({"em_iteration": k, "metric": m, "value": float(v)}))
-        if k & (k - 1) == 0:  # powers of two, as the paper's panels
-            np.save(out / f"{cfg.name}_q{k}.npy", samples.cpu().numpy())
-        if not cfg.quiet:
-            print(f"EM iteration {k}: " + ", ".join(f"{m} {v:.4g}" for m, v in values.items()))
 
-    torch.manual_seed(cfg.seed)
-    denoiser = EDMDenoiser(TimeMLP(5, emb_features=64), emb_features=64).to(device)
-    out.mkdir(parents=True, exist_ok=True)
-    run_em(denoiser, DenseOperator(A), y, cfg.sigma_y**2, q0, cfg.em, schedule, mean=mu,
-           directory=run, resume=cfg.resume,
-           identity={k: v for k, v in config_dict(cfg).items() if k not in ("resume", "quiet")},
-           callback=callback, prior_cov=cov, progress=not cfg.quiet)  # fmt: skip
-
-    rows = {
-        (r["em_iteration"], r["metric"]): r for r in map(json.loads, log.read_text().split("\n"))
-    }
-    rows = list(rows.values())  # a resumed iteration's rows replace the killed attempt's
-    for k in sorted({r["em_iteration"] for r in rows if r["em_iteration"] > 0}):
-        if k & (k - 1) == 0:
-            kept[f"$q_{{{k}}}$"] = torch.from_numpy(np.load(out / f"{cfg.name}_q{k}.npy"))
-    csv, _ = write_results(cfg.name, rows, config_dict(cfg), wall_time=time.perf_counter() - start,
-                           out_dir=out, quick=cfg.scale == "quick", device=device)  # fmt: skip
-    save(pairs({**kept, "truth": truth}), csv.with_suffix(".png"))
-    frame = pd.DataFrame(rows)
-    s = frame[frame.metric == "score_emd"]
+def _publish(cfg: Fig3Config, run: RunFolder, out: Path, q0, truth, device) -> None:
+    r"""The CSV, JSON, both figures and the q_k samples, published together."""
+    rows = run.rows()
+    laps = sorted({r["em_iteration"] for r in rows if r["em_iteration"] > 0})
+    kept = [k for k in laps if k & (k - 1) == 0]
+    arrays = {f"{cfg.name}_q{k}.npy": np.load(run.path / f"q{k}.npy") for k in kept}
+    panels = {"$q_0$": q0, **{f"$q_{{{k}}}$": torch.from_numpy(arrays[f"{cfg.name}_q{k}.npy"])
+                              for k in kept}}  # fmt: skip
+    s = pd.DataFrame(rows).query("metric == 'score_emd'")
     fig, axes = figure(1, 1, (4, 3))
     axes[0, 0].plot(s.em_iteration, s.value, marker="o")
     axes[0, 0].set(yscale="log", xlabel="EM iteration $k$", ylabel="$S$(truth; $q_k$)")
-    save(fig, out / f"{cfg.name}_score.png")
-    return 0
+    write_results(cfg.name, rows, config_dict(cfg), wall_time=run.wall_time, out_dir=out,
+                  quick=cfg.scale == "quick", device=device, segments=run.segments,
+                  figures={f"{cfg.name}.png": pairs({**panels, "truth": truth}),
+                           f"{cfg.name}_score.png": fig},
+                  arrays=arrays)  # fmt: skip
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli(main))

@@ -19,56 +19,91 @@ less as R grows. Writes results/fig6[_quick].{csv,json,png}.
 import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from emdm import VESchedule
-from emdm.config import check_device, config_dict, parse_scaled, run_identity
+from emdm.config import (
+    DEVICE,
+    NONNEGATIVE,
+    PLAIN_NAME,
+    POSITIVE,
+    SCALES,
+    Checked,
+    at_least,
+    check_device,
+    config_dict,
+    option,
+    parse_scaled,
+    run_identity,
+)
 from emdm.data import load_fastmri, mri_observations, phantoms, zero_filled
 from emdm.distributed import init
 from emdm.em import EMConfig, e_step
+from emdm.errors import cli
 from emdm.metrics import psnr, ssim
 from emdm.operators import MRIOperator
-from emdm.plots import image_grid, save
+from emdm.plots import image_grid
 from emdm.prior import GaussianStart, UNetConfig, learn_prior, load_prior
 from emdm.provenance import write_results
+from emdm.publish import check_writable
+from emdm.runs import RunFolder
 
 
 @dataclasses.dataclass
-class Fig6Config:
-    data: str = dataclasses.field(default="fastmri", metadata={"choices": ("fastmri", "phantoms")})
-    data_dir: str = ""  # holds singlecoil_train/ and singlecoil_val/; empty: EMDM_DATA
-    size: int = 320
-    observations: int = 0  # 0: every train slice
-    duplicate: int = 2  # posterior samples per observation in each E-step
-    R: float = 6.0
-    sigma_y: float = 1e-2
-    net: UNetConfig = dataclasses.field(default_factory=lambda: UNetConfig(
-        channels=16, hid_channels=(128, 256, 384, 512), hid_blocks=(3, 3, 3, 3),
-        attention=(3,), pixel_shuffle=4))  # fmt: skip
-    em: EMConfig = dataclasses.field(default_factory=EMConfig)
-    start: GaussianStart = dataclasses.field(default_factory=lambda: GaussianStart(
-        observations=4096, cg_iterations=5))  # fmt: skip
-    accelerations: tuple[float, ...] = (4.0, 6.0, 8.0)
-    test_slices: int = 64  # held-out slices scored per acceleration
-    posterior_samples: int = 2  # per slice, averaged into the posterior mean
-    eval_steps: int = 64  # DDPM
-    eval_cg: int = 5
-    seed: int = 0
-    device: str = "cpu"
-    scale: str = "paper"
-    name: str = "fig6"
-    out: str = "results"
-    resume: bool = False
-    quiet: bool = False
-    dry_run: bool = False
+class Fig6Config(Checked):
+    r"""Figure 6: accelerated MRI, a knee prior learned from undersampled k-space only."""
+
+    data: str = option("fastmri", "the slices: fastMRI knees or synthetic phantoms",
+                       choices=("fastmri", "phantoms"))  # fmt: skip
+    data_dir: str = option(
+        "", "folder holding singlecoil_train/ and singlecoil_val/; empty: $EMDM_DATA"
+    )
+    size: int = option(320, "slice height and width (pixels)", check=POSITIVE)
+    observations: int = option(0, "train slices used; 0: every train slice", check=NONNEGATIVE)
+    duplicate: int = option(
+        2, "posterior samples per observation in each E-step (paper: 2)", check=POSITIVE
+    )
+    R: float = option(6.0, "acceleration of the training masks (paper: 6)", check=at_least(1))
+    sigma_y: float = option(1e-2, "k-space noise std σ_y (paper: 0.01)", check=POSITIVE)
+    net: UNetConfig = option(
+        help="the denoiser's U-Net (--net-* flags)",
+        default_factory=lambda: UNetConfig(
+            channels=16, hid_channels=(128, 256, 384, 512), hid_blocks=(3, 3, 3, 3),
+            attention=(3,), pixel_shuffle=4),
+    )  # fmt: skip
+    em: EMConfig = option(help="the EM laps (--em-* flags)", default_factory=EMConfig)
+    start: GaussianStart = option(
+        help="the Gaussian fit of q_0 (--start-* flags)",
+        default_factory=lambda: GaussianStart(observations=4096, cg_iterations=5),
+    )
+    accelerations: tuple[float, ...] = option(
+        (4.0, 6.0, 8.0), "accelerations R of the evaluation", check=at_least(1)
+    )
+    test_slices: int = option(64, "held-out slices scored per acceleration", check=POSITIVE)
+    posterior_samples: int = option(
+        2, "samples per slice, averaged into the posterior mean", check=POSITIVE
+    )
+    eval_steps: int = option(
+        64, "sampler steps of the evaluation (paper: DDPM 64)", check=POSITIVE
+    )
+    eval_cg: int = option(5, "CG iterations of the evaluation (paper: 5)", check=POSITIVE)
+    seed: int = option(0, "seed of the data, masks and run", check=NONNEGATIVE)
+    device: str = option("cpu", "device of the run (per rank under torchrun)", check=DEVICE)
+    scale: str = option("paper", "scale the results are labelled with", choices=SCALES)
+    name: str = option("fig6", "name of the result files", check=PLAIN_NAME)
+    out: str = option("results", "output folder")
+    resume: bool = option(False, "continue the run in <out>/<name>_run")
+    quiet: bool = option(False, "print nothing but errors")
+    dry_run: bool = option(False, "print the resolved config and exit")
 
     def __post_init__(self):
+        super().__post_init__()
         check_device(self.device)
-        if min(self.accelerations) < 1 or self.R < 1:
-            raise ValueError("accelerations and R must be at least 1")
+        if self.data == "phantoms" and self.observations < 1:
+            raise ValueError("observations must be >= 1 with data 'phantoms' (0: every slice of "
+                             "a data set on disk)")  # fmt: skip
 
 
 # 64 epochs over ~2 x 30k slices with batches of 256: ~15 000 Adam steps per lap
@@ -94,8 +129,18 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.dry_run:
         print(json.dumps(config_dict(cfg), indent=2))
         return 0
-    ctx, begin, out = init(), time.perf_counter(), Path(cfg.out)
+    ctx, out = init(), check_writable(cfg.out)
     device = ctx.device(cfg.device)
+    # every check (lock, a finished or other run, the code version, damaged files) before work
+    with RunFolder(out / f"{cfg.name}_run", run_identity(cfg), resume=cfg.resume,
+                   main=ctx.main) as run:  # fmt: skip
+        _run(cfg, ctx, device, out, run)
+        run.finish()  # rank 0 records it; the others only release
+    return 0
+
+
+def _run(cfg: Fig6Config, ctx, device, out: Path, run: RunFolder) -> None:
+    r"""The laps in `run`, then (rank 0) the evaluation, published into `out`."""
     if cfg.data == "fastmri":
         x = load_fastmri(cfg.data_dir or None, "train", size=cfg.size)
         test = load_fastmri(cfg.data_dir or None, "val", size=cfg.size)
@@ -106,16 +151,16 @@ def main(argv: list[str] | None = None) -> int:
     test = test[:: max(1, len(test) // cfg.test_slices)][: cfg.test_slices]
     mask, y = mri_observations(x, cfg.R, torch.Generator().manual_seed(cfg.seed + 2), cfg.sigma_y)
     mask, y = mask.repeat(cfg.duplicate, 1), y.repeat(cfg.duplicate, 1, 1, 1)
-    schedule, run = VESchedule(1e-3, 1e2), out / f"{cfg.name}_run"
+    schedule = VESchedule(1e-3, 1e2)
     torch.manual_seed(cfg.seed)
     learn_prior(cfg.net.build().to(device), MRIOperator(mask.float()), y, cfg.sigma_y**2,
-                tuple(x.shape[1:]), cfg.em, schedule, cfg.start, directory=run,
-                resume=cfg.resume, identity=run_identity(cfg), ctx=ctx,
+                tuple(x.shape[1:]), cfg.em, schedule, cfg.start, directory=run.path,
+                resume=run.resuming, identity=run_identity(cfg), ctx=ctx,
                 progress=not cfg.quiet)  # fmt: skip
     if not ctx.main:
-        return 0
+        return
 
-    prior, mean = load_prior(cfg.net, run, device)
+    prior, mean = load_prior(cfg.net, run.path, device)
     evaluation = dataclasses.replace(cfg.em, steps=cfg.eval_steps, cg_iterations=cfg.eval_cg)
     rows, panels = [], {"truth": test[:4]}
     for R in cfg.accelerations:
@@ -137,11 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         panels[f"R = {R:g}: zero-filled"] = estimates["zero_filled"][:4]
         panels[f"R = {R:g}: samples"] = samples[:2, :2].transpose(0, 1).flatten(0, 1)
         panels[f"R = {R:g}: mean"] = estimates["posterior_mean"][:4]
-    write_results(cfg.name, rows, config_dict(cfg), wall_time=time.perf_counter() - begin,
-                  out_dir=out, quick=cfg.scale == "quick", device=device)  # fmt: skip
-    save(image_grid(panels, columns=2, rows=2), out / f"{cfg.name}.png")
-    return 0
+    write_results(cfg.name, rows, config_dict(cfg), wall_time=run.wall_time, out_dir=out,
+                  quick=cfg.scale == "quick", device=device, segments=run.segments,
+                  figures={f"{cfg.name}.png": image_grid(panels, columns=2, rows=2)})  # fmt: skip
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli(main))

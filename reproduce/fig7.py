@@ -14,26 +14,41 @@ import dataclasses
 import json
 import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 
-from emdm.config import config_dict, parse_scaled
+from emdm.config import (
+    NONNEGATIVE,
+    PLAIN_NAME,
+    POSITIVE,
+    SCALES,
+    Checked,
+    at_least,
+    config_dict,
+    option,
+    parse_scaled,
+)
 from emdm.data import RandomManifold
-from emdm.plots import corner, save
+from emdm.errors import cli
+from emdm.plots import corner
 from emdm.provenance import write_results
+from emdm.publish import check_writable
 
 
 @dataclasses.dataclass
-class Fig7Config:
-    samples: int = 65536
-    features: int = 5
-    seed: int = 0
-    scale: str = "paper"
-    name: str = "fig7"
-    out: str = "results"
-    dry_run: bool = False
+class Fig7Config(Checked):
+    r"""Figure 7: the 1-D and 2-D marginals of the 5-D random manifold of Figure 3."""
+
+    samples: int = option(
+        65536, "points drawn (paper: 4096)", check=at_least(2)
+    )  # a standard deviation needs two
+    features: int = option(5, "dimension of the ambient space (paper: 5)", check=POSITIVE)
+    seed: int = option(0, "key of the manifold (paper: 0); seed + 1 draws the points",
+                       check=NONNEGATIVE)  # fmt: skip
+    scale: str = option("paper", "scale the results are labelled with", choices=SCALES)
+    name: str = option("fig7", "name of the result files", check=PLAIN_NAME)
+    out: str = option("results", "output folder")
+    dry_run: bool = option(False, "print the resolved config and exit")
 
 
 QUICK = Fig7Config(samples=4096, scale="quick", name="fig7_quick")
@@ -45,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.dry_run:
         print(json.dumps(config_dict(cfg), indent=2))
         return 0
+    check_writable(cfg.out)
     start = time.perf_counter()
     manifold = RandomManifold(cfg.features, generator=torch.Generator().manual_seed(cfg.seed))
     x = manifold.sample(cfg.samples, generator=torch.Generator().manual_seed(cfg.seed + 1))
@@ -57,12 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     csv, _ = write_results(
         cfg.name, rows, config_dict(cfg), wall_time=time.perf_counter() - start,
         out_dir=cfg.out, quick=cfg.scale == "quick", device="cpu",
+        figures={f"{cfg.name}.png": corner(x)},
+        arrays={f"{cfg.name}_samples.npy": x.float().numpy()},
     )  # fmt: skip
-    np.save(Path(cfg.out) / f"{cfg.name}_samples.npy", x.float().numpy())
-    save(corner(x), csv.with_suffix(".png"))
     print(f"wrote {csv.with_suffix('.png')}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli(main))

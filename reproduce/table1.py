@@ -30,57 +30,98 @@ fig4[_quick].png (FID and IS along the laps) and fig15[_quick].png (samples of e
 import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from emdm import VESchedule
-from emdm.config import check_device, config_dict, parse_scaled, run_identity
+from emdm.config import (
+    DEVICE,
+    NONNEGATIVE,
+    PLAIN_NAME,
+    POSITIVE,
+    SCALES,
+    Checked,
+    at_least,
+    check_device,
+    config_dict,
+    interval,
+    option,
+    parse_scaled,
+    run_identity,
+)
 from emdm.data import cifar_observations, color_shapes, load_cifar10
 from emdm.distributed import init
 from emdm.em import EMConfig, e_step
+from emdm.errors import cli
 from emdm.metrics import frechet_distance, gaussian_statistics
-from emdm.metrics.fidelity import fidelity_metrics, inception_weights_path
+from emdm.metrics.fidelity import INCEPTION, TINY, fidelity_metrics, inception_weights_path
+from emdm.mmps import COVARIANCES
 from emdm.operators import MaskOperator
-from emdm.plots import image_grid, laps, save
+from emdm.plots import image_grid, laps
 from emdm.prior import GaussianStart, UNetConfig, draw, learn_prior, load_prior
-from emdm.provenance import read_jsonl, write_results
+from emdm.provenance import append_jsonl, read_jsonl, write_results
+from emdm.publish import check_writable
+from emdm.runs import RunFolder, write_atomic
 
 
 @dataclasses.dataclass
-class Table1Config:
-    data: str = dataclasses.field(default="cifar", metadata={"choices": ("cifar", "shapes")})
-    data_dir: str = ""  # holds cifar-10-batches-py/; empty: EMDM_DATA
-    size: int = 32  # of the synthetic shapes
-    observations: int = 49920  # the first ones of the train set (batches of 256, drop last)
-    percents: tuple[float, ...] = (25.0, 50.0, 75.0)  # runs with the Tweedie covariance
-    heuristics: tuple[str, ...] = ("identity", "sigma_t")  # runs at heuristic_percent
-    heuristic_percent: float = 75.0
-    sigma_y: float = 1e-3
-    net: UNetConfig = dataclasses.field(default_factory=UNetConfig)
-    em: EMConfig = dataclasses.field(default_factory=EMConfig)
-    start: GaussianStart = dataclasses.field(default_factory=GaussianStart)
-    eval_samples: int = 50176  # unconditional samples per FID (196 x 256)
-    eval_steps: int = 256  # DDIM
-    reference: int = 50000  # reference images (the train set; synthetic: fresh draws)
-    posterior_check: int = 1024  # observations each final prior redraws with every covariance
-    feature_extractor: str = "inception-v3-compat"  # or "emdm-tiny" (no weights file)
-    inception_weights: str = ""  # empty: EMDM_INCEPTION
-    seed: int = 0
-    device: str = "cpu"
-    scale: str = "paper"
-    name: str = "table1"
-    out: str = "results"
-    resume: bool = False
-    quiet: bool = False
-    dry_run: bool = False
+class Table1Config(Checked):
+    r"""Table 1 and Figure 4: a CIFAR-10 prior learned from masked images only."""
+
+    data: str = option("cifar", "the images: CIFAR-10 or synthetic colour shapes",
+                       choices=("cifar", "shapes"))  # fmt: skip
+    data_dir: str = option("", "folder holding cifar-10-batches-py/; empty: $EMDM_DATA")
+    size: int = option(32, "height and width of the synthetic shapes", check=POSITIVE)
+    observations: int = option(
+        49920, "the first train images observed (paper: 49 920, batches of 256, drop last)",
+        check=at_least(2),
+    )  # fmt: skip
+    percents: tuple[float, ...] = option(
+        (25.0, 50.0, 75.0), "% of pixels deleted, one run each with the Tweedie covariance",
+        check=interval(0, 100),
+    )  # fmt: skip
+    heuristics: tuple[str, ...] = option(
+        ("identity", "sigma_t"), "covariances run at heuristic_percent", choices=COVARIANCES
+    )
+    heuristic_percent: float = option(
+        75.0, "% of pixels deleted in the heuristics' runs (paper: 75)", check=interval(0, 100)
+    )
+    sigma_y: float = option(1e-3, "observation noise std σ_y (paper: 1e-3)", check=POSITIVE)
+    net: UNetConfig = option(help="the denoiser's U-Net (--net-* flags)",
+                             default_factory=UNetConfig)  # fmt: skip
+    em: EMConfig = option(help="the EM laps (--em-* flags)", default_factory=EMConfig)
+    start: GaussianStart = option(
+        help="the Gaussian fit of q_0 (--start-* flags)", default_factory=GaussianStart
+    )
+    eval_samples: int = option(
+        50176, "unconditional samples per FID (paper: 50 176 = 196 x 256)", check=at_least(10)
+    )  # the Inception Score's 10 splits
+    eval_steps: int = option(256, "DDIM steps of those samples (paper: 256)", check=POSITIVE)
+    reference: int = option(
+        50000, "reference images (the train set; synthetic: fresh draws)", check=at_least(2)
+    )
+    posterior_check: int = option(
+        1024, "observations each final prior redraws with every covariance; 0: none",
+        check=NONNEGATIVE,
+    )  # fmt: skip
+    feature_extractor: str = option(
+        INCEPTION, f"FID and IS features; {TINY}: a tiny random one, no weights file",
+        choices=(INCEPTION, TINY),
+    )  # fmt: skip
+    inception_weights: str = option("", "the Inception weights file; empty: $EMDM_INCEPTION")
+    seed: int = option(0, "seed of the data, masks and runs", check=NONNEGATIVE)
+    device: str = option("cpu", "device of the runs (per rank under torchrun)", check=DEVICE)
+    scale: str = option("paper", "scale the results are labelled with", choices=SCALES)
+    name: str = option("table1", "name of the result files", check=PLAIN_NAME)
+    out: str = option("results", "output folder")
+    resume: bool = option(False, "continue the runs in <out>/<name>_run")
+    quiet: bool = option(False, "print nothing but errors")
+    dry_run: bool = option(False, "print the resolved config and exit")
 
     def __post_init__(self):
+        super().__post_init__()
         check_device(self.device)
-        for c in self.heuristics:
-            if c not in ("identity", "sigma_t", "zero", "tweedie"):
-                raise ValueError(f"unknown heuristic {c!r}: expected identity, sigma_t or zero")
 
 
 PAPER = Table1Config(
@@ -112,8 +153,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if cfg.feature_extractor == "inception-v3-compat":
         inception_weights_path(cfg.inception_weights or None)  # missing: stop before any work
-    ctx, begin, out = init(), time.perf_counter(), Path(cfg.out)
+    ctx, out = init(), check_writable(cfg.out)
     device = ctx.device(cfg.device)
+    # every check (lock, a finished or other run, the code version, damaged files) before work
+    with RunFolder(out / f"{cfg.name}_run", run_identity(cfg), resume=cfg.resume,
+                   main=ctx.main) as folder:  # fmt: skip
+        _run(cfg, ctx, device, out, folder)
+        folder.finish()  # rank 0 records it; the others only release
+    return 0
+
+
+def _run(cfg: Table1Config, ctx, device, out: Path, folder: RunFolder) -> None:
+    r"""Every run's laps in `folder`, then (rank 0) the posterior checks, published."""
     if cfg.data == "cifar":
         train = load_cifar10(cfg.data_dir or None)
         x, reference = train[: cfg.observations], train[: cfg.reference]
@@ -136,24 +187,23 @@ def main(argv: list[str] | None = None) -> int:
         extra = {"isc": m["isc_mean"]} if isc else {}
         return {"fid": m["fid"], **extra, "fd_pixels": float(fd)}
 
-    floor = out / f"{cfg.name}_run" / "floor.jsonl"
-    if ctx.main and not (cfg.resume and floor.exists()):  # the scores of truth itself
+    floor = folder.path / "floor.jsonl"
+    if ctx.main and not floor.exists():  # the scores of truth itself
         truth = load_cifar10(cfg.data_dir or None, "test") if cfg.data == "cifar" else \
             color_shapes(cfg.eval_samples, cfg.size, torch.Generator().manual_seed(2))  # fmt: skip
         # the E-step's: its samples equal to the images the observations were taken of
         values = scores(truth[: cfg.eval_samples]) | {
             f"{k}_estep": v for k, v in scores(x, isc=False).items()
         }
-        floor.parent.mkdir(parents=True, exist_ok=True)
-        floor.write_text("".join(json.dumps(dict(percent=0.0, covariance="truth", em_iteration=0,
-                                                 metric=f"{k}_floor", value=v)) + "\n"
-                                 for k, v in values.items())
-                         )  # fmt: skip
+        lines = [json.dumps(dict(percent=0.0, covariance="truth", em_iteration=0,
+                                 metric=f"{k}_floor", value=v)) + "\n"
+                 for k, v in values.items()]  # fmt: skip
+        write_atomic(floor, lambda p: p.write_text("".join(lines)))
     runs = [(p, "tweedie") for p in cfg.percents]
     runs += [(cfg.heuristic_percent, c) for c in cfg.heuristics]
     for percent, covariance in runs:
         label = f"{covariance}_{percent:g}"
-        run = out / f"{cfg.name}_run" / label
+        run = folder.path / label
         mask, y = cifar_observations(x, percent, torch.Generator().manual_seed(cfg.seed + 7),
                                      cfg.sigma_y)  # fmt: skip
         em = dataclasses.replace(cfg.em, covariance=covariance)
@@ -163,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             samples = draw(prior, mean, cfg.eval_samples, schedule, "ddim", cfg.eval_steps,
                            cfg.em.sample_batch, gen, progress=not cfg.quiet).cpu()  # fmt: skip
             m = scores(samples)
-            torch.save(samples[:64].clone(), run / f"samples_{k}.pt")
+            first = samples[:64].clone()
+            write_atomic(run / f"samples_{k}.pt", lambda p: torch.save(first, p))
             if not cfg.quiet:
                 print(f"{label} lap {k}: " + ", ".join(f"{k} {v:.4g}" for k, v in m.items()))
             return m
@@ -171,39 +222,35 @@ def main(argv: list[str] | None = None) -> int:
         def callback(k, samples, metrics, run=run, percent=percent, covariance=covariance):
             # the E-step's samples scored as the prior's: what the M-step is given to learn
             metrics = metrics | {f"{m}_estep": v for m, v in scores(samples, isc=False).items()}
-            with (run / "metrics.jsonl").open("a") as f:
-                for metric, value in metrics.items():
-                    f.write(json.dumps(dict(percent=percent, covariance=covariance,
-                                            em_iteration=k, metric=metric,
-                                            value=float(value))) + "\n")  # fmt: skip
+            append_jsonl(run / "metrics.jsonl", [
+                dict(percent=percent, covariance=covariance, em_iteration=k, metric=metric,
+                     value=float(value)) for metric, value in metrics.items()])  # fmt: skip
 
         if ctx.main:
             run.mkdir(parents=True, exist_ok=True)
-            if not cfg.resume:
-                (run / "metrics.jsonl").unlink(missing_ok=True)
         torch.manual_seed(cfg.seed)
         denoiser = cfg.net.build().to(device)
         learn_prior(denoiser, MaskOperator(mask), y, cfg.sigma_y**2, tuple(x.shape[1:]), em,
-                    schedule, cfg.start, directory=run, resume=cfg.resume,
+                    schedule, cfg.start, directory=run, resume=folder.resuming,
                     identity=run_identity(cfg) | {"run": label}, callback=callback,
                     evaluate=evaluate, ctx=ctx, progress=not cfg.quiet)  # fmt: skip
     if not ctx.main:
-        return 0
+        return
     rows, finals = read_jsonl(floor), {}
     for percent, covariance in runs:
-        run = out / f"{cfg.name}_run" / f"{covariance}_{percent:g}"
+        run = folder.path / f"{covariance}_{percent:g}"
         # a lap redone after a resume rewrites its rows: keep the last of each
         kept = {(r["em_iteration"], r["metric"]): r for r in read_jsonl(run / "metrics.jsonl")}
         rows += kept.values()
         last = max(k for k, _ in kept)
         finals[f"{covariance}, {percent:g} %, lap {last}"] = torch.load(run / f"samples_{last}.pt")
         rows += posterior_check(cfg, run, x, percent, covariance, last, schedule, device)
-    write_results(cfg.name, rows, config_dict(cfg), wall_time=time.perf_counter() - begin,
-                           out_dir=out, quick=cfg.scale == "quick", device=device)  # fmt: skip
     suffix = cfg.name.removeprefix("table1")
-    save(laps(rows, ("fid", "isc", "fd_pixels", "fid_estep")), out / f"fig4{suffix}.png")
-    save(image_grid(finals), out / f"fig15{suffix}.png")
-    return 0
+    figures = {f"fig4{suffix}.png": laps(rows, ("fid", "isc", "fd_pixels", "fid_estep")),
+               f"fig15{suffix}.png": image_grid(finals)}  # fmt: skip
+    write_results(cfg.name, rows, config_dict(cfg), wall_time=folder.wall_time, out_dir=out,
+                  quick=cfg.scale == "quick", device=device, segments=folder.segments,
+                  figures=figures)  # fmt: skip
 
 
 def posterior_check(cfg, run, x, percent, covariance, lap, schedule, device) -> list[dict]:
@@ -237,9 +284,9 @@ def posterior_check(cfg, run, x, percent, covariance, lap, schedule, device) -> 
             value = (draws[0] - other)[hidden].square().mean().sqrt().item()
             rows.append(dict(percent=percent, covariance=covariance, em_iteration=lap,
                              metric=f"posterior_{name}_{c}", value=value))  # fmt: skip
-    cache.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_atomic(cache, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in rows)))
     return rows
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli(main))

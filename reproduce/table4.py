@@ -32,45 +32,70 @@ import torch
 
 from emdm import VPSchedule
 from emdm.baselines import EpsilonDenoiser
-from emdm.benchmark import METHODS, run_images, run_mixture, shape_mixture, task
-from emdm.config import check_device, config_dict, parse_scaled
+from emdm.benchmark import METHODS, TASKS, run_images, run_mixture, shape_mixture
+from emdm.config import (
+    DEVICE,
+    NONNEGATIVE,
+    PLAIN_NAME,
+    POSITIVE,
+    SCALES,
+    Checked,
+    check_device,
+    config_dict,
+    interval,
+    option,
+    parse_scaled,
+)
 from emdm.data import load_images
+from emdm.errors import cli
 from emdm.metrics import LPIPS
 from emdm.nn.adm import ADMConfig, load_adm
 from emdm.provenance import write_results
+from emdm.publish import check_writable
 
 
 @dataclasses.dataclass
-class Table4Config:
-    images: int = 100
-    samples: int = 1
-    size: int = 256
-    components: int = 16
-    std: float = 0.1
-    tasks: tuple[str, ...] = ("box", "random", "motion", "sr4")
-    steps: tuple[int, ...] = (10, 100, 1000)
-    methods: tuple[str, ...] = METHODS
-    eta: float = 1.0
-    seed: int = 0
-    # the paper configuration: local files (nothing is downloaded)
-    checkpoint: str = "models/ffhq_10m.pt"
-    image_dir: str = "data/ffhq"
-    lpips_alexnet: str = ""  # "" : EMDM_LPIPS_ALEXNET, else torch's hub cache
-    lpips_linear: str = ""  # "" : EMDM_LPIPS_LINEAR
-    adm: ADMConfig = dataclasses.field(default_factory=ADMConfig)
-    device: str = "cuda"
-    scale: str = "paper"
-    name: str = "table4"
-    out: str = "results"
-    quiet: bool = False
-    dry_run: bool = False
+class Table4Config(Checked):
+    r"""Table 4: posterior sampling with DPS, ΠGDM, TMPD, DiffPIR and MMPS on inverse problems."""
 
-    def __post_init__(self):
-        for name in self.tasks:
-            task(name)
-        for name in self.methods:
-            if name not in METHODS:
-                raise ValueError(f"methods must be among {METHODS}, got {name!r}")
+    images: int = option(100, "test images (paper: the first 100 of FFHQ 256)", check=POSITIVE)
+    samples: int = option(
+        1, "posterior samples per image and method (quick only; paper: 1)", check=POSITIVE
+    )
+    size: int = option(256, "image size of the quick mixture prior", check=POSITIVE)
+    components: int = option(16, "Gaussians of the quick mixture prior", check=POSITIVE)
+    std: float = option(0.1, "std of each Gaussian of the quick prior", check=POSITIVE)
+    tasks: tuple[str, ...] = option(
+        ("box", "random", "motion", "sr4"), "inverse problems (paper: box random motion sr4)",
+        choices=TASKS,
+    )  # fmt: skip
+    steps: tuple[int, ...] = option(
+        (10, 100, 1000), "DDIM step counts (paper: 10 100 1000)",
+        check=interval(1, VPSchedule().T, closed="both"),  # respaced VP steps
+    )  # fmt: skip
+    methods: tuple[str, ...] = option(METHODS, "posterior-sampling methods", choices=METHODS)
+    eta: float = option(
+        1.0, "DDIM's η: 0 deterministic, 1 DDPM's variance (paper: 1)",
+        check=interval(0, 1, closed="both"),
+    )  # fmt: skip
+    seed: int = option(0, "seed of the images, operators and samplers", check=NONNEGATIVE)
+    # the paper configuration: local files (nothing is downloaded)
+    checkpoint: str = option("models/ffhq_10m.pt", "DPS's FFHQ checkpoint (paper only)")
+    image_dir: str = option("data/ffhq", "folder of the FFHQ 256 test images (paper only)")
+    lpips_alexnet: str = option(
+        "", "AlexNet's weights for LPIPS; empty: $EMDM_LPIPS_ALEXNET, else torch's hub cache"
+    )
+    lpips_linear: str = option("", "LPIPS's linear weights; empty: $EMDM_LPIPS_LINEAR")
+    adm: ADMConfig = option(
+        help="the ADM U-Net of the checkpoint (--adm-* flags)", default_factory=ADMConfig
+    )
+    # a name only: the paper preset names CUDA, which the paper run checks before any work
+    device: str = option("cuda", "device of the paper run (the quick run: CPU)", check=DEVICE)
+    scale: str = option("paper", "quick: the mixture prior; paper: DPS's FFHQ", choices=SCALES)
+    name: str = option("table4", "name of the result files", check=PLAIN_NAME)
+    out: str = option("results", "output folder")
+    quiet: bool = option(False, "print nothing but errors")
+    dry_run: bool = option(False, "print the resolved config and exit")
 
 
 QUICK = Table4Config(
@@ -108,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.dry_run:
         print(json.dumps(config_dict(cfg), indent=2))
         return 0
+    check_writable(cfg.out)
     if cfg.scale != "quick":
         return paper(cfg)
     start = time.perf_counter()
@@ -128,4 +154,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli(main))

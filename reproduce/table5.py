@@ -30,38 +30,58 @@ from emdm import VPDDIM, VPSchedule
 from emdm.baselines import EpsilonDenoiser
 from emdm.benchmark import (
     METHODS,
+    TASKS,
     CountingDenoiser,
     method,
     shape_mixture,
     task,
     vjps_per_call,
 )
-from emdm.config import check_device, config_dict, parse_scaled
+from emdm.config import (
+    DEVICE,
+    NONNEGATIVE,
+    PLAIN_NAME,
+    POSITIVE,
+    SCALES,
+    Checked,
+    check_device,
+    config_dict,
+    interval,
+    option,
+    parse_scaled,
+)
+from emdm.errors import cli
 from emdm.nn.adm import ADMConfig, load_adm
 from emdm.provenance import write_results
+from emdm.publish import check_writable
 
 
 @dataclasses.dataclass
-class Table5Config:
-    task: str = "blur"
-    batch: int = 16
-    size: int = 32
-    components: int = 16
-    std: float = 0.1
-    steps: tuple[int, ...] = (10, 100)
-    methods: tuple[str, ...] = METHODS
-    device: str = "cpu"
-    seed: int = 0
-    checkpoint: str = "models/ffhq_10m.pt"  # the paper configuration's prior
-    adm: ADMConfig = dataclasses.field(default_factory=ADMConfig)
-    scale: str = "quick"
-    name: str = "table5_quick"
-    out: str = "results"
-    quiet: bool = False
-    dry_run: bool = False
+class Table5Config(Checked):
+    r"""Table 5: the cost of each posterior-sampling method per sampler step."""
 
-    def __post_init__(self):
-        task(self.task)
+    task: str = option("blur", "the inverse problem (paper: sr4)", choices=TASKS)
+    batch: int = option(16, "images per call (paper: 1)", check=POSITIVE)
+    size: int = option(32, "image size of the quick mixture prior", check=POSITIVE)
+    components: int = option(16, "Gaussians of the quick mixture prior", check=POSITIVE)
+    std: float = option(0.1, "std of each Gaussian of the quick prior", check=POSITIVE)
+    steps: tuple[int, ...] = option(
+        (10, 100), "DDIM step counts measured",
+        check=interval(1, VPSchedule().T, closed="both"),  # respaced VP steps
+    )  # fmt: skip
+    methods: tuple[str, ...] = option(METHODS, "posterior-sampling methods", choices=METHODS)
+    # a name only: the paper preset names CUDA
+    device: str = option("cpu", "device of the measurements (paper: cuda)", check=DEVICE)
+    seed: int = option(0, "seed of the prior and the operator", check=NONNEGATIVE)
+    checkpoint: str = option("models/ffhq_10m.pt", "DPS's FFHQ checkpoint, the paper's prior")
+    adm: ADMConfig = option(
+        help="the ADM U-Net of the checkpoint (--adm-* flags)", default_factory=ADMConfig
+    )
+    scale: str = option("quick", "quick: the mixture prior; paper: DPS's FFHQ", choices=SCALES)
+    name: str = option("table5_quick", "name of the result files", check=PLAIN_NAME)
+    out: str = option("results", "output folder")
+    quiet: bool = option(False, "print nothing but errors")
+    dry_run: bool = option(False, "print the resolved config and exit")
 
 
 QUICK = Table5Config()
@@ -126,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"reproduce/table5.py: {error}", file=sys.stderr)
         return 2
+    check_writable(cfg.out)
     start, rows = time.perf_counter(), []
     threads = torch.get_num_threads()
     context = multiprocessing.get_context("spawn")
@@ -151,4 +172,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli(main))

@@ -1,9 +1,11 @@
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from emdm.provenance import provenance, write_results
+from emdm.publish import file_hash
 
 
 def test_provenance_keys():
@@ -45,7 +47,9 @@ def test_write_results(tmp_path):
     assert meta["scale"] == "quick"
     assert meta["wall_time_s"] == 2.0
     assert meta["extra"] == {"k": 1}
-    assert sorted(p.name for p in out.iterdir()) == ["run.csv", "run.json"]  # no temp files
+    # no temporary files; the lock of the publications stays
+    assert sorted(p.name for p in out.iterdir()) == [".publish.lock", "run.csv", "run.json"]
+    assert json.loads(js.read_text())["files"] == {"run.csv": file_hash(csv)}
 
     write_results("run", rows, {}, wall_time=1.0, out_dir=out, quick=False)
     assert json.loads(js.read_text())["scale"] == "paper"
@@ -65,8 +69,8 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     write_results("run", rows, {"seed": 1}, wall_time=1.0, out_dir=tmp_path, quick=True)
     before = {p.name: p.read_text() for p in tmp_path.iterdir()}
 
-    def partial(self, f, **kwargs):
-        f.write("metric,va")
+    def partial(self, path, **kwargs):
+        Path(path).write_text("metric,va")
         raise OSError("disk full")
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", partial)
