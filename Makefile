@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The main job: the manifold EM of Figure 3 at quick scale (about 13 min on 2 cores).
-# --resume: a second run continues (or re-reports) the first instead of refusing its folder.
+# The main job: the manifold EM of Figure 3 at quick scale (12.6 min on 2 idle cores; far longer
+# when another job shares the cores). It works in results/fig3_quick_run/ and publishes
+# results/fig3_quick.* together when it ends; --resume: a second run continues a killed one from
+# its last complete EM iteration, or re-reports a finished one.
 demo: $(STAMP)
 	$(VENV)/bin/python reproduce/fig3.py --quick --resume
 

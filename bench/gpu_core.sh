@@ -5,8 +5,8 @@
 #
 # 1. the test suite, natively (the CUDA-parametrized tests in tests/test_device.py run there);
 # 2. bench/mmps_cost.py on CUDA at the CPU benchmark's size (B = 256) and at B = 16384;
-# 3. the demo on CUDA at 8x the default samples.
-# Writes OUT/bench/mmps_cost_<gpu>*.{csv,json}, OUT/demo_<gpu>.{csv,json} and OUT/gpu_core.log
+# 3. the MMPS check (python -m emdm mmps-check) on CUDA at 8x the default samples.
+# Writes OUT/bench/mmps_cost_<gpu>*.{csv,json}, OUT/mmps_check_<gpu>.{csv,json} and OUT/gpu_core.log
 # (OUT defaults to results). About 3 minutes on one H100.
 set -uo pipefail
 export PYTHONPATH=${PYTHONPATH:-.} PYTHONUNBUFFERED=1
@@ -28,13 +28,13 @@ echo "== MMPS cost, B = 16384"
 python3 bench/mmps_cost.py --device cuda --batch 16384 --repeats 50 \
     --out "$out/bench/mmps_cost_${gpu}_b16384" || status=1
 
-echo "== demo on CUDA"
-python3 -m emdm demo --device cuda --samples 4096 --quiet --out "$out" --name "demo_$gpu" \
+echo "== MMPS check on CUDA"
+python3 -m emdm mmps-check --device cuda --samples 4096 --quiet --out "$out" --name "mmps_check_$gpu" \
     && python3 -c "
 import pandas as pd, sys
 f = pd.read_csv(sys.argv[1])
 print(f.pivot_table(index='covariance', columns='metric', values='value', aggfunc='median'))
-" "$out/demo_$gpu.csv" || status=1
+" "$out/mmps_check_$gpu.csv" || status=1
 
 echo "== exit status $status"
 exit $status

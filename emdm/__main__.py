@@ -1,7 +1,8 @@
 r"""The `emdm` command line: `python -m emdm <command> [flags]`.
 
 Each command is the `main(argv) -> int` of an entry point; `python -m emdm <command> --help`
-lists its flags.
+lists its flags. Bad input a user can mend (:class:`emdm.errors.UserError`, a missing file)
+prints one `error: ...` line, no traceback, and exits with status 2 (:func:`emdm.errors.cli`).
 """
 
 __all__ = ["COMMANDS", "main"]
@@ -9,10 +10,11 @@ __all__ = ["COMMANDS", "main"]
 import sys
 from collections.abc import Callable
 
-from . import demo
+from . import mmps_check
+from .errors import cli
 
 COMMANDS: dict[str, Callable[[list[str] | None], int]] = {
-    "demo": demo.main,
+    "mmps-check": mmps_check.main,
 }
 
 
@@ -20,7 +22,7 @@ def _usage() -> str:
     lines = ["usage: python -m emdm <command> [flags]", "", "commands:"]
     for name, command in COMMANDS.items():
         doc = sys.modules[command.__module__].__doc__ or ""
-        lines.append(f"  {name:<10}{doc.strip().splitlines()[0] if doc.strip() else ''}")
+        lines.append(f"  {name:<12}{doc.strip().splitlines()[0] if doc.strip() else ''}")
     lines += ["", "run 'python -m emdm <command> --help' for the flags of a command"]
     return "\n".join(lines) + "\n"
 
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    return COMMANDS[name](rest)
+    return cli(COMMANDS[name], rest)  # a UserError: "error: ..." and status 2, no traceback
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-r"""The default job: MMPS posterior sampling against a closed-form posterior.
+r"""A 10-second check: MMPS posterior samples against a closed-form posterior.
 
 The prior is a Gaussian mixture :math:`p(x) = \frac{1}{K} \sum_k \mathcal{N}(x \mid \mu_k,
 s^2 I)` in :math:`\mathbb{R}^D`, whose denoiser :math:`\mathbb{E}[x \mid x_t]` is exact. Each
@@ -26,15 +26,15 @@ with two components it stays close. With the default eight components the poster
 multimodal and MMPS misweights its modes: the median `mean_error` is about 0.59 against a
 `mean_mc_se` of 0.05 (`mass_tv` 0.25), still the best of the four covariances (`"zero"`: 0.97).
 
-Run with `python -m emdm demo` (about 10 s on two CPU cores). It writes `results/demo.csv` and
-`results/demo.json`, at quick scale.
+Run with `python -m emdm mmps-check` (about 10 s on two CPU cores). It writes
+`results/mmps_check.csv` and `results/mmps_check.json`, at quick scale.
 
 References:
     | Learning Diffusion Priors from Observations by Expectation Maximization
     | (Rozet et al., 2024) https://arxiv.org/abs/2405.13712
 """
 
-__all__ = ["DemoConfig", "main"]
+__all__ = ["MMPSCheckConfig", "main"]
 
 import dataclasses
 import json
@@ -46,59 +46,62 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .config import check_device, config_dict, parse_config
+from .config import (
+    DEVICE,
+    NONNEGATIVE,
+    PLAIN_NAME,
+    POSITIVE,
+    Checked,
+    check_device,
+    config_dict,
+    option,
+    parse_config,
+)
 from .denoisers import GaussianMixture, MixtureDenoiser
 from .mmps import COVARIANCES, MMPS
 from .operators import DenseOperator
 from .provenance import write_results
-from .samplers import SAMPLERS, sample
+from .publish import check_writable
+from .samplers import sample, samplers_for
 from .schedule import VESchedule
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def _help(text: str, choices=None) -> dict:
-    return {"help": text} if choices is None else {"help": text, "choices": tuple(choices)}
+#: The samplers that run on the check's VE schedule.
+DEMO_SAMPLERS = samplers_for(VESchedule)
 
 
 @dataclasses.dataclass
-class DemoConfig:
+class MMPSCheckConfig(Checked):
     r"""MMPS on a Gaussian mixture prior, compared with the exact posterior."""
 
-    seed: int = dataclasses.field(default=0, metadata=_help("seed of the problem and sampler"))
-    features: int = dataclasses.field(default=4, metadata=_help("dimension D of x"))
-    components: int = dataclasses.field(default=8, metadata=_help("mixture components K"))
-    std: float = dataclasses.field(default=0.2, metadata=_help("std of each component"))
-    observations: int = dataclasses.field(default=16, metadata=_help("number of observations"))
-    sigma_y: float = dataclasses.field(default=0.05, metadata=_help("observation noise std"))
-    samples: int = dataclasses.field(default=512, metadata=_help("samples per observation"))
-    sampler: str = dataclasses.field(default="ddpm", metadata=_help("sampler", SAMPLERS))
-    steps: int = dataclasses.field(default=64, metadata=_help("sampler steps"))
-    iterations: int = dataclasses.field(default=1, metadata=_help("CG iterations of MMPS"))
-    covariances: tuple[str, ...] = dataclasses.field(
-        default=("tweedie", "identity", "sigma_t", "zero"),
-        metadata=_help("MMPS covariances to compare", COVARIANCES),
+    seed: int = option(0, "seed of the problem and sampler", check=NONNEGATIVE)
+    features: int = option(4, "dimension D of x", check=POSITIVE)
+    components: int = option(8, "mixture components K", check=POSITIVE)
+    std: float = option(0.2, "std of each component", check=POSITIVE)
+    observations: int = option(16, "number of observations", check=POSITIVE)
+    sigma_y: float = option(0.05, "observation noise std", check=POSITIVE)
+    samples: int = option(512, "samples per observation", check=POSITIVE)
+    sampler: str = option("ddpm", "sampler (on a VE schedule)", choices=DEMO_SAMPLERS)
+    steps: int = option(64, "sampler steps", check=POSITIVE)
+    iterations: int = option(1, "CG iterations of MMPS", check=POSITIVE)
+    covariances: tuple[str, ...] = option(
+        ("tweedie", "identity", "sigma_t", "zero"),
+        "MMPS covariances to compare",
+        choices=COVARIANCES,
     )
-    dtype: str = dataclasses.field(default="float64", metadata=_help("dtype", DTYPES))
-    device: str = dataclasses.field(default="cpu", metadata=_help("device of the sampler"))
-    out: str = dataclasses.field(default="results", metadata=_help("output folder"))
-    name: str = dataclasses.field(default="demo", metadata=_help("name of the result files"))
-    quiet: bool = dataclasses.field(default=False, metadata=_help("print nothing"))
-    dry_run: bool = dataclasses.field(
-        default=False, metadata=_help("print the resolved config and exit")
-    )
+    dtype: str = option("float64", "dtype", choices=DTYPES)
+    device: str = option("cpu", "device of the sampler", check=DEVICE)
+    out: str = option("results", "output folder")
+    name: str = option("mmps_check", "name of the result files", check=PLAIN_NAME)
+    quiet: bool = option(False, "print nothing")
+    dry_run: bool = option(False, "print the resolved config and exit")
 
     def __post_init__(self):
-        for name in ("features", "components", "observations", "samples", "steps", "iterations"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        for name in ("std", "sigma_y"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        check_device(self.device)
+        super().__post_init__()
+        check_device(self.device)  # whether torch sees it: before any work
 
 
-def _problem(cfg: DemoConfig, generator: torch.Generator) -> tuple:
+def _problem(cfg: MMPSCheckConfig, generator: torch.Generator) -> tuple:
     r"""Returns the prior, the matrices :math:`(N, 1, D)` and the observations :math:`(N, 1)`."""
     dtype, D, N = DTYPES[cfg.dtype], cfg.features, cfg.observations
     means = 4 * torch.rand((cfg.components, D), generator=generator, dtype=dtype) - 2
@@ -135,16 +138,17 @@ def _summary(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    r"""Runs the demo with the flags `argv` (default: the command line).
+    r"""Runs the check with the flags `argv` (default: the command line).
 
     Returns:
         0, or 1 if a metric is not finite (the files are written all the same).
     """
-    cfg = parse_config(DemoConfig, argv, prog="python -m emdm demo")
+    cfg = parse_config(MMPSCheckConfig, argv, prog="python -m emdm mmps-check")
     if cfg.dry_run:
         print(json.dumps(config_dict(cfg), indent=2))
         return 0
 
+    check_writable(cfg.out)  # before the sampling, not after
     start = time.perf_counter()
     problem = torch.Generator().manual_seed(cfg.seed)
     prior, A, y = _problem(cfg, problem)

@@ -1,10 +1,14 @@
 """Each reproduce script end to end at toy size: files written, numbers finite, resume works."""
 
+import importlib
 import json
+import re
+import time
 
 import pandas as pd
 import pytest
 import torch
+from conftest import write_fake_inception
 
 from reproduce import fig1, fig2, fig3, fig6, fig7, table1
 
@@ -189,7 +193,64 @@ def test_fig6_tiny(tmp_path):
 @pytest.mark.parametrize("script", [table1, fig6])
 def test_image_scripts_stop_before_work_without_data(script, tmp_path, monkeypatch):
     monkeypatch.setenv("EMDM_INCEPTION", str(tmp_path))  # a folder without the weights file
-    (tmp_path / "weights-inception-2015-12-05-6726825d.pth").write_bytes(b"")
+    write_fake_inception(tmp_path / "weights-inception-2015-12-05-6726825d.pth")
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "absent")):
         script.main(["--data-dir", str(tmp_path / "absent"), "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+REFUSED = [
+    ("fig3", ["--quick", "--sigma-y", "-1"], "sigma_y"),
+    ("fig3", ["--quick", "--ot-samples", "0"], "ot_samples"),
+    ("fig3", ["--quick", "--em-sample-batch", "0"], "sample_batch"),
+    ("fig3", ["--quick", "--observations", "0"], "observations"),
+    ("fig3", ["--quick", "--em-lr", "-1"], "lr"),
+    ("fig1", ["--sigma-t", "-1"], "sigma_t"),
+    ("fig1", ["--samples", "0"], "samples"),
+    ("table4", ["--quick", "--steps", "0"], "steps"),
+    ("table5", ["--quick", "--batch", "0"], "batch"),
+    ("fig2", ["--quick", "--seeds", "0"], "seeds"),
+    ("mmps_check", ["--name", "a/b"], "name"),
+]
+
+
+def _main(script: str):
+    module = "emdm.mmps_check" if script == "mmps_check" else f"reproduce.{script}"
+    return importlib.import_module(module).main
+
+
+@pytest.mark.parametrize(
+    "script, argv, field", REFUSED, ids=[f"{s} {' '.join(a)}" for s, a, _ in REFUSED]
+)
+def test_bad_values_are_refused_at_parse_time(script, argv, field, tmp_path, capsys):
+    main, out = _main(script), tmp_path / "out"
+    start = time.perf_counter()
+    with pytest.raises(SystemExit) as error:
+        main([*argv, "--out", str(out)])
+    assert time.perf_counter() - start < 1.0  # refused before any work
+    assert error.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(rf"error: (each value of )?{field} must be ", err), err
+    assert not out.exists()
+
+
+SCRIPTS = ["fig1", "fig2", "fig3", "fig6", "fig7", "table1", "table4", "table5", "mmps_check"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("quick", [[], ["--quick"]], ids=["paper", "quick"])
+def test_help_gives_every_flag_a_help_text(script, quick, capsys, monkeypatch):
+    if script == "mmps_check" and quick:
+        pytest.skip("the MMPS check has one scale")
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit) as error:
+        _main(script)([*quick, "--help"])
+    assert error.value.code == 0
+    text = capsys.readouterr().out
+    entries = re.split(r"\n(?=  -)", text[text.index("options:") :])[1:]  # one per flag
+    assert len(entries) > 5
+    for entry in entries:
+        parts = re.split(r"\s{2,}", " ".join(entry.split("\n")).strip(), maxsplit=1)
+        flag = parts[0]
+        help = re.sub(r"\(default: .*\)$", "", parts[1] if len(parts) > 1 else "").strip()
+        assert help and not help.startswith("must be"), f"{script}: {flag} has no help"
