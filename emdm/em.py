@@ -382,7 +382,7 @@ def run_em(
         directory = Path(directory)
         checkpoint = directory / "last.pt"
         if checkpoint.exists() and not resume:
-            raise ValueError(
+            raise UserError(
                 f"{directory} holds a run already: pass resume=True (--resume) to continue it "
                 f"or choose another directory"
             )

@@ -32,6 +32,7 @@ from .config import NONNEGATIVE, POSITIVE, Checked, at_least, interval, option
 from .denoisers import EDMDenoiser, GaussianDenoiser
 from .distributed import Context, local
 from .em import EMConfig, _load_checkpoint, _write_checkpoint, e_step, run_em
+from .errors import UserError
 from .gaussian import fit_gaussian
 from .nn import PixelShuffleNet, UNet
 from .progress import bar
@@ -180,7 +181,7 @@ def learn_prior(
         mean, samples = state["mean"].to(device), state["samples"].to(y.device)
     else:
         if (directory / "last.pt").exists() and not resume:
-            raise ValueError(
+            raise UserError(
                 f"{directory} holds a run already: pass resume=True (--resume) to continue it "
                 f"or choose another directory"
             )

@@ -19,6 +19,7 @@ concentrate on the curve. Writes results/fig3[_quick].{csv,json,png} and _score.
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -113,25 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         q0 = run.cached("q0.pt", lambda: _gaussian_start(cfg, A, y, schedule, g))
         mu, cov = q0["mean"].to(device), DPLR(q0["D"], q0["U"], q0["V"]).to(device)
 
-        def score(samples):
-            n, samples = cfg.ot_samples, samples.cpu()
-            return float(ot_score(truth[:n].double(), truth[n:].double(), samples[:n].double()))
-
-        if not run.rows():  # the noise floor: a third truth sample (its own generator)
-            g3 = torch.Generator().manual_seed(cfg.seed + 1)
-            third = manifold.sample(cfg.ot_samples, generator=g3)
-            run.log([{"em_iteration": 0, "metric": m, "value": v}
-                     for m, v in (("score_emd", score(q0["samples"])),
-                                  ("noise_floor_emd", score(third.float())))])  # fmt: skip
-
-        def callback(k, samples, metrics):
-            if k & (k - 1) == 0:  # powers of two, as the paper's panels
-                write_atomic(run.path / f"q{k}.npy", lambda p: _save_npy(p, samples))
-            values = {"score_emd": score(samples), **metrics}
-            run.log([dict(em_iteration=k, metric=m, value=float(v)) for m, v in values.items()])
-            if not cfg.quiet:
-                say(f"EM iteration {k}: " + ", ".join(f"{m} {v:.4g}" for m, v in values.items()))
-
+        callback = _logger(cfg, run, manifold, truth, q0["samples"])
         if not run.finished:
             torch.manual_seed(cfg.seed)
             denoiser = EDMDenoiser(TimeMLP(5, emb_features=64), emb_features=64).to(device)
@@ -144,6 +127,33 @@ def main(argv: list[str] | None = None) -> int:
     if not cfg.quiet:
         say(f"wrote {out / cfg.name}.{{csv,json,png}}, {cfg.name}_score.png and the q_k samples")
     return 0
+
+
+def _logger(cfg: Fig3Config, run: RunFolder, manifold, truth, q0) -> Callable:
+    r"""Logs q_0's score and the noise floor (a third truth sample, its own generator) once,
+    and returns the EM callback: it logs each lap's score and metrics and keeps the samples
+    of the laps 1, 2, 4, 8, ... (the paper's panels)."""
+
+    def score(samples):
+        n, samples = cfg.ot_samples, samples.cpu()
+        return float(ot_score(truth[:n].double(), truth[n:].double(), samples[:n].double()))
+
+    if not run.rows():
+        third = manifold.sample(
+            cfg.ot_samples, generator=torch.Generator().manual_seed(cfg.seed + 1)
+        )
+        floors = {"score_emd": score(q0), "noise_floor_emd": score(third.float())}
+        run.log([dict(em_iteration=0, metric=m, value=v) for m, v in floors.items()])
+
+    def callback(k, samples, metrics):
+        if k & (k - 1) == 0:
+            write_atomic(run.path / f"q{k}.npy", lambda p: _save_npy(p, samples))
+        values = {"score_emd": score(samples), **metrics}
+        run.log([dict(em_iteration=k, metric=m, value=float(v)) for m, v in values.items()])
+        if not cfg.quiet:
+            say(f"EM iteration {k}: " + ", ".join(f"{m} {v:.4g}" for m, v in values.items()))
+
+    return callback
 
 
 def _data(cfg: Fig3Config) -> tuple:
