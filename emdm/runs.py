@@ -18,7 +18,7 @@ keys), a resume with other code than the run started with (naming both commits: 
 of two versions of the code is not reproducible), and unreadable checkpoints (naming the file).
 """
 
-__all__ = ["RunFolder"]
+__all__ = ["RunFolder", "write_atomic"]
 
 import contextlib
 import datetime
