@@ -35,7 +35,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from kernels.cg import batched_dot, cg_iterations
+try:
+    from .kernels.cg import batched_dot, cg_iterations
+except ImportError:  # no kernels/ folder: the same eager loop, reference only
+    from ._fallback import batched_dot, cg_iterations
 
 DOTS = ("sample", "batch")
 

@@ -303,7 +303,7 @@ class _Adjoint(torch.autograd.Function):
 
 def mri_forward(x: Tensor, mask: Tensor, provider: str | None = None) -> Tensor:
     r"""Returns :math:`A x = [\mathrm{Re}, \mathrm{Im}](M \odot F_c x)`, by the reference or the
-    Triton kernels (:func:`kernels._dispatch.resolve`); differentiable either way.
+    Triton kernels (:func:`emdm.kernels._dispatch.resolve`); differentiable either way.
 
     Arguments:
         x: The images, with shape :math:`(B, H, W)`, float32 or float64.
@@ -321,7 +321,7 @@ def mri_forward(x: Tensor, mask: Tensor, provider: str | None = None) -> Tensor:
 
 def mri_adjoint(y: Tensor, mask: Tensor, provider: str | None = None) -> Tensor:
     r"""Returns :math:`A^T y = \mathrm{Re}\, F_c^{-1}(M \odot (y_0 + i y_1))`, by the reference or
-    the Triton kernels (:func:`kernels._dispatch.resolve`); differentiable either way.
+    the Triton kernels (:func:`emdm.kernels._dispatch.resolve`); differentiable either way.
 
     Arguments:
         y: The spectra, with shape :math:`(B, H, W, 2)`, float32 or float64.

@@ -7,7 +7,7 @@ import torch
 
 from emdm import MMPS, DenseOperator, GaussianDenoiser, cg
 from emdm.dplr import DPLR
-from kernels.cg import ROW_MAX, batched_dot, cg_update, cg_update_reference, cg_update_triton
+from emdm.kernels.cg import ROW_MAX, batched_dot, cg_update, cg_update_reference, cg_update_triton
 
 pytest.importorskip("triton")
 # the infinite row makes inf - inf and inf * 0 on purpose (numpy warns, in the interpreter)

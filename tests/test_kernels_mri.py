@@ -3,9 +3,8 @@ import pytest
 import torch
 
 from emdm import MRIOperator
-from emdm.operators import AutogradAdjoint
-from kernels import mri
-from kernels.mri import (
+from emdm.kernels import mri
+from emdm.kernels.mri import (
     mri_adjoint,
     mri_adjoint_reference,
     mri_adjoint_triton,
@@ -13,6 +12,7 @@ from kernels.mri import (
     mri_forward_reference,
     mri_forward_triton,
 )
+from emdm.operators import AutogradAdjoint
 
 EVEN = [(2, 8, 6), (1, 4, 8), (1, 2, 10)]  # H/2 + W/2 odd and even
 ODD = [(2, 5, 6), (1, 6, 7)]
