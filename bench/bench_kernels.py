@@ -1,15 +1,16 @@
 r"""asv benchmarks of the Triton kernels against their torch references, and of an EM M-step.
 
-* :class:`CGUpdate`: one CG iteration's update (:func:`kernels.cg.cg_update`) after :math:`C p`,
-  fp32, per-sample dots, for :math:`B \in \{64, 256\}` and :math:`D = 3 \cdot 32^2` (CIFAR)
-  or :math:`320^2` (MRI); `track_floor_gbps` reports the floor traffic over the time.
+* :class:`CGUpdate`: one CG iteration's update (:func:`emdm.kernels.cg.cg_update`) after
+  :math:`C p`, fp32, per-sample dots, for :math:`B \in \{64, 256\}` and
+  :math:`D = 3 \cdot 32^2` (CIFAR) or :math:`320^2` (MRI); `track_floor_gbps` reports the
+  floor traffic over the time.
 * :class:`MRI`: the centred orthonormal FFT operator's forward plus adjoint
-  (:mod:`kernels.mri`) at :math:`B = 64`, :math:`320 \times 320`.
+  (:mod:`emdm.kernels.mri`) at :math:`B = 64`, :math:`320 \times 320`.
 * :class:`MStep`: eight Adam steps of the manifold experiment's M-step (TimeMLP, batch 1024).
 
 The `provider` parameter is `ref` (the torch reference, what runs on CPU) or `triton`; the
 Triton cases need a CUDA device and skip themselves elsewhere. Everything timed goes through
-`emdm` or `kernels`; nothing is re-implemented here.
+`emdm` (the kernels as `emdm.kernels`); nothing is re-implemented here.
 
     .venv/bin/asv run --python=same --quick --show-stderr --bench bench_kernels
 """
@@ -18,12 +19,12 @@ import torch
 
 import emdm
 from emdm.em import EMConfig, m_step
+from emdm.kernels.cg import cg_update
+from emdm.kernels.mri import mri_adjoint, mri_forward
 from emdm.nn import TimeMLP
-from kernels.cg import cg_update
-from kernels.mri import mri_adjoint, mri_forward
 
-from .bench_mmps import _Bounded
-from .kernel_problems import cg_bytes, cg_state, median_ms, mri_bytes, mri_problem, synchronizer
+from .common import Bounded, median_ms, synchronizer
+from .kernel_problems import cg_bytes, cg_state, mri_bytes, mri_problem
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -33,7 +34,7 @@ def _skip_triton_on_cpu(provider: str) -> None:
         raise NotImplementedError("the Triton provider is benchmarked on CUDA only")  # asv: skip
 
 
-class CGUpdate(_Bounded):
+class CGUpdate(Bounded):
     params = (["ref", "triton"], [64, 256], [3 * 32 * 32, 320 * 320])
     param_names = ("provider", "B", "D")
 
@@ -54,7 +55,7 @@ class CGUpdate(_Bounded):
     track_floor_gbps.unit = "GB/s"
 
 
-class MRI(_Bounded):
+class MRI(Bounded):
     params = (["ref", "triton"], [64], [320])
     param_names = ("provider", "B", "N")
 
@@ -79,7 +80,7 @@ class MRI(_Bounded):
     track_floor_gbps.unit = "GB/s"
 
 
-class MStep(_Bounded):
+class MStep(Bounded):
     r"""Eight Adam steps of the Figure 3 M-step: TimeMLP (3 x 256), batch 1024, in R^5."""
 
     def setup(self):

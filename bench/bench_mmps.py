@@ -19,29 +19,20 @@ import torch
 
 import emdm
 
-from .mmps_cost import Config, make_problem
+from .common import Bounded, MMPSProblem, mmps_problem, synchronizer
 
 CPU = torch.device("cpu")
 
 
-class _Bounded:
-    # asv's defaults sample for up to 20 s per benchmark, in 2 rounds; a call here takes
-    # milliseconds, so one round of at most 1 s keeps the suite near a minute on CPU.
-    warmup_time = 0.2
-    repeat = (3, 10, 1.0)  # (min samples, max samples, max seconds)
-    rounds = 1
-    timeout = 120
-
-
-class MMPSStep(_Bounded):
+class MMPSStep(Bounded):
     r"""One MMPS call with `iterations` CG iterations and covariance `covariance`."""
 
     params = ([1, 3, 5], ["tweedie", "sigma_t"])
     param_names = ("iterations", "covariance")
 
     def setup(self, iterations: int, covariance: str):
-        cfg = Config(iterations=(iterations,))
-        p = make_problem(cfg, CPU)
+        cfg = MMPSProblem(iterations=(iterations,))
+        p = mmps_problem(cfg, CPU)
         self.x_t, self.sigma = p["x_t"], p["sigma"]
         self.mmps = emdm.MMPS(
             p["denoiser"],
@@ -58,7 +49,7 @@ class MMPSStep(_Bounded):
             self.mmps(self.x_t, self.sigma)
 
 
-class CG(_Bounded):
+class CG(Bounded):
     r"""Eight CG iterations on :math:`B` systems of size :math:`D`, with per-sample or
     batch-wide inner products."""
 
@@ -75,7 +66,7 @@ class CG(_Bounded):
         U = torch.randn(D, 16, generator=g) / D**0.5  # (D, 16)
         self.C = emdm.DPLR(d, U).to(device)
         self.b = torch.randn(B, D, generator=g).to(device)
-        self.sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+        self.sync = synchronizer(device)
         self.time_cg(provider, B, D, dot)  # warm-up
 
     def time_cg(self, provider: str, B: int, D: int, dot: str):
@@ -83,13 +74,13 @@ class CG(_Bounded):
         self.sync()
 
 
-class SamplerStep(_Bounded):
+class SamplerStep(Bounded):
     r"""One DDPM step from :math:`t = 1/2` to :math:`s = 1/2 - 1/64` with a Tweedie MMPS
     denoiser (one CG iteration)."""
 
     def setup(self):
-        cfg = Config(iterations=(1,))
-        p = make_problem(cfg, CPU)
+        cfg = MMPSProblem(iterations=(1,))
+        p = mmps_problem(cfg, CPU)
         mmps = emdm.MMPS(
             p["denoiser"], emdm.DenseOperator(p["A"]), p["y"], cov_y=cfg.cov_y, iterations=1
         )

@@ -20,7 +20,7 @@ import types
 
 import torch
 
-from bench.kernel_problems import median_ms
+from bench.common import conditions, median_ms, set_threads
 from emdm.config import (
     NONNEGATIVE,
     PLAIN_NAME,
@@ -63,10 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.dry_run:
         print(json.dumps(config_dict(cfg), indent=2))
         return 0
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    cfg.threads = set_threads(cfg.threads)
     old_cg, copy_cg = load_old_cg(cfg.commit), load_old_cg(cfg.commit)
-    start, rows = time.perf_counter(), []
+    start, before, rows = time.perf_counter(), conditions(), []
     g = torch.Generator().manual_seed(0)
     for D in cfg.sizes:
         U = torch.randn(cfg.batch, D, 4, generator=g) / D**0.5
@@ -95,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
             ]
             print(f"D {D}, {k} iterations: {cfg.commit} {old:.3f} ms, now {new:.3f} ms, "
                   f"ratio {new / old:.3f} (A/A: {copy / old:.3f})")  # fmt: skip
-    cfg.threads = torch.get_num_threads()
     write_results(cfg.name, rows, config_dict(cfg), wall_time=time.perf_counter() - start,
-                  out_dir=cfg.out, quick=False, device="cpu")  # fmt: skip
+                  out_dir=cfg.out, quick=False, device="cpu",
+                  extra={"conditions": {"before": before, "after": conditions()}})  # fmt: skip
     return 0
 
 

@@ -36,13 +36,13 @@ smaller batch over-counts it.
 """
 
 import dataclasses
-import statistics
 import sys
 import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.common import conditions, median_ms
 from emdm import VESchedule
 from emdm.config import DEVICE, POSITIVE, Checked, check_device, config_dict, option, parse_config
 from emdm.loss import denoiser_loss
@@ -90,20 +90,6 @@ def per_image(net: UNetConfig, shape: tuple[int, ...], cg: int) -> dict[str, int
     return {"forward": forward, "train": train, "vjp": vjp, "mmps": forward + (cg + 1) * vjp}
 
 
-def seconds(fn, device: torch.device, repeats: int) -> float:
-    r"""The median wall time of `fn` over `repeats` calls after one warm-up call."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
-    fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        begin = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - begin)
-    return statistics.median(times)
-
-
 def timed_per_image(net: UNetConfig, shape: tuple[int, ...], cg: int, cfg: CostConfig):
     r"""Measured seconds per image of a training step, an MMPS call's network work and a
     sampling step, at a batch of `cfg.batch` images on `cfg.device`."""
@@ -130,13 +116,13 @@ def timed_per_image(net: UNetConfig, shape: tuple[int, ...], cg: int, cfg: CostC
         with torch.no_grad():
             denoiser(x, sigma)
 
-    return {name: seconds(fn, device, cfg.repeats) / cfg.batch
+    return {name: median_ms(fn, device, cfg.repeats, warmup=1)[0] / 1e3 / cfg.batch
             for name, fn in (("train", train), ("mmps", mmps), ("forward", forward))}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(CostConfig, argv, prog="bench/em_cost.py")
-    start = time.perf_counter()
+    start, before = time.perf_counter(), conditions()
     cifar = UNetConfig()
     mri = UNetConfig(channels=16, hid_channels=(128, 256, 384, 512), hid_blocks=(3, 3, 3, 3),
                      attention=(3,), pixel_shuffle=4)  # fmt: skip
@@ -163,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"run": name, "metric": metric, "value": float(value)})
             print(f"{name}: measured on {cfg.device} at batch {cfg.batch}: "
                   f"{spent / 3600:.3g} device-hours, {achieved:.3g} TFLOP/s")  # fmt: skip
-    note = {"estimate": "FLOP counts times an assumed throughput, not timed"}
+    note = {"estimate": "FLOP counts times an assumed throughput, not timed",
+            "conditions": {"before": before, "after": conditions()}}  # fmt: skip
     if cfg.measure:
         note["measured"] = f"hours_measured: timed on {cfg.device} at batch {cfg.batch}"
     stem = f"em_cost_{cfg.device.split(':')[0]}" if cfg.measure else "em_cost"

@@ -7,9 +7,10 @@ On a CUDA machine, with its own torch and triton (run from the repository root):
 
 It times, fp32, median of interleaved repeats between synchronisations:
 
-* the CG update (:func:`kernels.cg.cg_update`) for :math:`B \in \{64, 256\}` and
+* the CG update (:func:`emdm.kernels.cg.cg_update`) for :math:`B \in \{64, 256\}` and
   :math:`D \in \{3 \cdot 32^2, 320^2\}`, per-sample dots;
-* the MRI operator's forward plus adjoint (:mod:`kernels.mri`) at :math:`B = 64`, 320 x 320;
+* the MRI operator's forward plus adjoint (:mod:`emdm.kernels.mri`) at :math:`B = 64`,
+  320 x 320;
 * the device-to-device copy bandwidth (1 GiB),
 
 and writes `results/bench/gpu-<device>.{csv,json}`: per case the time of each provider, the
@@ -26,18 +27,12 @@ import time
 
 import torch
 
-from bench.kernel_problems import (
-    cg_bytes,
-    cg_state,
-    copy_bandwidth,
-    median_ms,
-    mri_bytes,
-    mri_problem,
-)
+from bench.common import conditions, median_ms
+from bench.kernel_problems import cg_bytes, cg_state, copy_bandwidth, mri_bytes, mri_problem
 from emdm.config import DEVICE, POSITIVE, Checked, at_least, config_dict, option, parse_config
+from emdm.kernels.cg import cg_update
+from emdm.kernels.mri import mri_adjoint, mri_forward
 from emdm.provenance import write_results
-from kernels.cg import cg_update
-from kernels.mri import mri_adjoint, mri_forward
 
 
 @dataclasses.dataclass
@@ -83,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu-interpreted"
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    start = time.perf_counter()
+    start, before = time.perf_counter(), conditions()
     rows = []
     copy = copy_bandwidth(device, cfg.copy_bytes)
     rows.append({"kernel": "copy", "provider": "torch", "metric": "gbps", "value": copy})
@@ -133,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     write_results(
         f"gpu-{slug}", rows, config_dict(cfg), wall_time=time.perf_counter() - start,
         out_dir=cfg.out, quick=device.type != "cuda", device=device,
-        extra={"targets_met": targets, "triton": triton.__version__, "device_name": name},
+        extra={"targets_met": targets, "triton": triton.__version__, "device_name": name,
+               "conditions": {"before": before, "after": conditions()}},
     )  # fmt: skip
     return 0
 

@@ -1,4 +1,4 @@
-r"""Seeded inputs, byte counts and a timer shared by the kernel benchmarks (asv and the GPU check).
+r"""Seeded inputs and byte counts shared by the kernel benchmarks (asv and the GPU check).
 
 Bytes are the traffic *floor* of each operation, the data it must read and write once:
 
@@ -10,13 +10,10 @@ GB/s figures divide these floors by the measured time, so they compare across
 implementations: a kernel that moves more than the floor shows a lower figure.
 """
 
-import statistics
-from collections.abc import Callable
-
 import torch
 
-from bench.mmps_cost import iqr, timed
-from kernels.cg import batched_dot
+from bench.common import median_ms
+from emdm.kernels.cg import batched_dot
 
 
 def cg_state(B: int, D: int, device, dtype=torch.float32, seed: int = 0, dot: str = "sample"):
@@ -48,23 +45,6 @@ def mri_problem(B: int, H: int, W: int, device, dtype=torch.float32, seed: int =
 def mri_bytes(B: int, H: int, W: int, dtype=torch.float32) -> int:
     # forward: image in, k-space (2 floats) out; adjoint: k-space in, image out
     return 6 * B * H * W * torch.empty((), dtype=dtype).element_size()
-
-
-def synchronizer(device) -> Callable[[], None]:
-    device = torch.device(device)
-    return torch.cuda.synchronize if device.type == "cuda" else lambda: None
-
-
-def median_ms(
-    fn: Callable[[], object], device, repeats: int = 50, warmup: int = 5
-) -> tuple[float, float]:
-    r"""Returns the median and the interquartile range, in milliseconds, of `fn()` timed
-    between device synchronisations, after `warmup` untimed calls."""
-    sync = synchronizer(device)
-    for _ in range(warmup):
-        fn()
-    times = [timed(fn, sync) for _ in range(repeats)]
-    return statistics.median(times), iqr(times) if len(times) > 1 else 0.0
 
 
 def copy_bandwidth(device, nbytes: int = 1 << 30, repeats: int = 20) -> float:

@@ -44,11 +44,19 @@ import torch
 from torch import Tensor
 
 import emdm
+from bench.common import (
+    MMPSProblem,
+    conditions,
+    iqr,
+    mmps_problem,
+    set_threads,
+    synchronizer,
+    timed,
+)
 from emdm.config import (
     DEVICE,
     NONNEGATIVE,
     POSITIVE,
-    Checked,
     check_device,
     config_dict,
     option,
@@ -60,59 +68,22 @@ BENCHMARK = "mmps_cost"
 
 
 @dataclass
-class Config(Checked):
+class Config(MMPSProblem):
     r"""The cost of one MMPS call against its floor; the resolved configuration of one run is
     saved beside its results."""
 
-    batch: int = option(256, "batch B of x_t", check=POSITIVE)
-    features: int = option(64, "dimension D of x", check=POSITIVE)
-    measurements: int = option(16, "rows M of each operator A", check=POSITIVE)
-    iterations: tuple[int, ...] = option((1, 3, 5), "CG iterations k to time", check=POSITIVE)
     repeats: int = option(200, "timed rounds (after the warm-up)", check=POSITIVE)
     warmup: int = option(20, "untimed rounds first", check=NONNEGATIVE)
     threads: int = option(
         0, "torch threads; 0: torch's default, resolved before saving", check=NONNEGATIVE
     )
     device: str = option("cpu", "device of the calls", check=DEVICE)
-    sigma: float = option(1.0, "noise level σ_t of x_t", check=POSITIVE)
-    cov_y: float = option(1e-2, "observation noise variance Σ_y", check=POSITIVE)
-    seed: int = option(0, "seed of the network and the problem", check=NONNEGATIVE)
-    shared_operator: bool = option(False, "one A for all samples instead of one per sample")
     out: str = option("results/bench/mmps_cost_cpu", "output path, without the suffix")
     dry_run: bool = option(False, "print the resolved config and exit")
 
     def __post_init__(self):
         super().__post_init__()
         check_device(self.device)  # whether torch sees it: before any work
-
-
-def make_problem(cfg: Config, device: torch.device) -> dict:
-    r"""Builds the seeded denoiser, operator, observations and VJP cotangents."""
-    B, D, M = cfg.batch, cfg.features, cfg.measurements
-    torch.manual_seed(cfg.seed)  # the network's initialization
-    network = emdm.nn.TimeMLP(D, emb_features=64, hidden_features=(256, 256, 256))
-    denoiser = emdm.EDMDenoiser(network, emb_features=64).to(device).eval()
-
-    g = torch.Generator().manual_seed(cfg.seed)
-    A = torch.randn(B, M, D, generator=g)
-    A = A / A.norm(dim=-1, keepdim=True)  # (B, M, D), unit rows
-    x = torch.randn(B, D, generator=g)
-    x_t = x + cfg.sigma * torch.randn(B, D, generator=g)
-    if cfg.shared_operator:
-        A = A[0]  # (M, D)
-    y = emdm.DenseOperator(A)(x) + cfg.cov_y**0.5 * torch.randn(B, M, generator=g)
-    us = torch.randn(max(cfg.iterations) + 1, B, D, generator=g)  # (k_max + 1, B, D)
-    vs = torch.randn(max(cfg.iterations) + 1, B, M, generator=g)  # (k_max + 1, B, M)
-    sigma = torch.full((B,), cfg.sigma)
-    return {
-        "denoiser": denoiser,
-        "A": A.to(device),
-        "y": y.to(device),
-        "x_t": x_t.to(device),
-        "sigma": sigma.to(device),
-        "us": us.to(device),
-        "vs": vs.to(device),
-    }
 
 
 def floor(denoiser: Callable, x_t: Tensor, sigma: Tensor, us: Tensor) -> None:
@@ -124,20 +95,6 @@ def floor(denoiser: Callable, x_t: Tensor, sigma: Tensor, us: Tensor) -> None:
         x_hat = denoiser(x_t, sigma)
     for u in us:
         torch.autograd.grad(x_hat, x_t, u, retain_graph=True)
-
-
-def timed(fn: Callable[[], object], sync: Callable[[], None]) -> float:
-    r"""Returns the wall time of `fn()` in milliseconds, between two device synchronisations."""
-    sync()
-    start = time.perf_counter()
-    fn()
-    sync()
-    return 1e3 * (time.perf_counter() - start)
-
-
-def iqr(values: list[float]) -> float:
-    q1, _, q3 = statistics.quantiles(values, n=4)
-    return q3 - q1
 
 
 def floor_with_operator(
@@ -158,10 +115,10 @@ def floor_with_operator(
 
 @torch.no_grad()  # as inside a sampler; MMPS and the floors enable grad where they need it
 def measure(cfg: Config, device: torch.device) -> dict[int, dict[str, float]]:
-    p = make_problem(cfg, device)
+    p = mmps_problem(cfg, device)
     denoiser, x_t, sigma = p["denoiser"], p["x_t"], p["sigma"]
     A = emdm.DenseOperator(p["A"])
-    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    sync = synchronizer(device)
 
     calls = {}
     for k in cfg.iterations:
@@ -190,8 +147,8 @@ def measure(cfg: Config, device: torch.device) -> dict[int, dict[str, float]]:
             "mmps_ms": statistics.median(t_mmps),
             "floor_ms": statistics.median(t_floor),
             "floor_with_operator_ms": statistics.median(t_floor_A),
-            "mmps_ms_iqr": iqr(t_mmps) if len(t_mmps) > 1 else 0.0,
-            "floor_ms_iqr": iqr(t_floor) if len(t_floor) > 1 else 0.0,
+            "mmps_ms_iqr": iqr(t_mmps),
+            "floor_ms_iqr": iqr(t_floor),
             "ratio_paired": statistics.median(a / b for a, b in zip(t_mmps, t_floor, strict=True)),
         }
         results[k]["ratio"] = results[k]["mmps_ms"] / results[k]["floor_ms"]
@@ -203,15 +160,13 @@ def measure(cfg: Config, device: torch.device) -> dict[int, dict[str, float]]:
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(Config, argv, prog="bench/mmps_cost.py")
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    cfg.threads = torch.get_num_threads()
+    cfg.threads = set_threads(cfg.threads)
     device = torch.device(cfg.device)
     print(json.dumps(config_dict(cfg), indent=2))
     if cfg.dry_run:
         return
 
-    start = time.perf_counter()
+    start, before = time.perf_counter(), conditions()
     results = measure(cfg, device)
     wall_s = time.perf_counter() - start
 
@@ -248,7 +203,10 @@ def main(argv: list[str] | None = None) -> None:
         out_dir=out.parent,
         quick=False,
         device=device,
-        extra={"target": "ratio <= 1.10 on CPU (issue 2)"},
+        extra={
+            "target": "ratio <= 1.10 on CPU (issue 2)",
+            "conditions": {"before": before, "after": conditions()},
+        },
     )
     print(f"wrote {csv} and {csv.with_suffix('.json')}")
 

@@ -6,14 +6,8 @@ import math
 import pytest
 import torch
 
-from bench.em_cost import CostConfig, seconds, timed_per_image
+from bench.em_cost import CostConfig, timed_per_image
 from emdm.prior import UNetConfig
-
-
-def test_seconds_warms_up_once_then_takes_the_median():
-    calls = []
-    assert seconds(lambda: calls.append(1), torch.device("cpu"), repeats=3) >= 0
-    assert len(calls) == 4
 
 
 def test_timed_per_image_runs_the_three_calls():
