@@ -204,8 +204,7 @@ def run_images(
     for name in tasks:
         T = task(name)
         A = T.operator(len(truth), truth.shape[-1], g)
-        if isinstance(A, MaskOperator):
-            A = MaskOperator(A.mask.to(device))
+        A = A.to(device)
         y = A(truth)
         y = y + T.sigma_y * torch.randn(y.shape, generator=g).to(device)
         for i in range(len(truth)):

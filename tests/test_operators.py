@@ -12,7 +12,7 @@ def make_operators(gen):
         (DenseOperator(torch.randn((B, 4, 10), generator=gen, dtype=dt)), (B, 10)),
         (DenseOperator(torch.randn((4, 12), generator=gen, dtype=dt), (3, 2, 2)), (B, 3, 2, 2)),
         (MaskOperator(torch.rand((B, 1, 5, 6), generator=gen, dtype=dt) > 0.5), (B, 2, 5, 6)),
-        (MaskOperator(torch.rand((5, 6), generator=gen) > 0.3), (B, 2, 5, 6)),
+        (MaskOperator(torch.rand((5, 6), generator=gen) > 0.3, shared=True), (B, 2, 5, 6)),
         (Identity(), (B, 7)),
     ]
 

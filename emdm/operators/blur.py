@@ -78,20 +78,29 @@ def _reflect_index(n: int, p: int, device) -> Tensor:
 
 
 class Blur(LinearOperator):
-    r"""Creates a blur operator on images :math:`(B, C, H, W)`.
+    r"""Creates a blur operator on images :math:`(B, C, H, W)`, shared (one kernel) or
+    per-sample (one kernel per image, sliced by `A[index]`).
 
     Arguments:
-        kernel: The kernel, with shape :math:`(k, k)`, :math:`k` odd.
+        kernel: The kernel, with shape :math:`(k, k)`, or the kernels, with shape
+            :math:`(B, k, k)`; :math:`k` odd.
     """
 
     def __init__(self, kernel: Tensor):
-        if kernel.ndim != 2 or kernel.shape[0] != kernel.shape[1] or kernel.shape[0] % 2 == 0:
+        if (
+            kernel.ndim not in (2, 3)
+            or kernel.shape[-1] != kernel.shape[-2]
+            or kernel.shape[-1] % 2 == 0
+        ):
             raise ValueError(
-                f"kernel must have shape (k, k) with k odd, got {tuple(kernel.shape)}"
+                f"kernel must have shape (k, k) or (B, k, k) with k odd, got {tuple(kernel.shape)}"
             )
         check_finite(kernel, "the blur kernel")  # once here; a kernel is small
         self.kernel = kernel
-        self.pad = kernel.shape[0] // 2
+        self.pad = kernel.shape[-1] // 2
+
+    def _per_sample(self) -> tuple[str, ...]:
+        return ("kernel",) if self.kernel.ndim == 3 else ()
 
     def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
         if len(in_shape) != 4:
@@ -100,21 +109,41 @@ class Blur(LinearOperator):
             raise ValueError(
                 f"reflect padding by {self.pad} needs H and W > {self.pad}, got {tuple(in_shape)}"
             )
+        if self.kernel.ndim == 3 and in_shape[0] != len(self.kernel):
+            raise ValueError(
+                f"A holds {len(self.kernel)} kernels (one per sample), got x with batch size "
+                f"{in_shape[0]}"
+            )
         return tuple(in_shape)
 
+    def in_shape_of(self, out_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return self.out_shape(out_shape)
+
     def _weight(self, x: Tensor) -> Tensor:
-        C = x.shape[1]
-        return self.kernel.to(dtype=x.dtype, device=x.device).expand(C, 1, *self.kernel.shape)
+        B, C = x.shape[:2]
+        k = self.kernel.to(dtype=x.dtype, device=x.device)
+        if k.ndim == 2:
+            return k.expand(C, 1, *k.shape)  # (C, 1, k, k)
+        return k[:, None].expand(B, C, *k.shape[1:]).reshape(B * C, 1, *k.shape[1:])
 
     def __call__(self, x: Tensor) -> Tensor:
         self.out_shape(tuple(x.shape))
         padded = F.pad(x, (self.pad,) * 4, mode="reflect")
-        return F.conv2d(padded, self._weight(x), groups=x.shape[1])
+        if self.kernel.ndim == 2:
+            return F.conv2d(padded, self._weight(x), groups=x.shape[1])
+        # one group per (sample, channel): the batch folded into the channels
+        B, C, H, W = x.shape
+        out = F.conv2d(padded.reshape(1, B * C, *padded.shape[2:]), self._weight(x), groups=B * C)
+        return out.reshape(B, C, H, W)
 
     def adjoint(self, y: Tensor) -> Tensor:
         self.out_shape(tuple(y.shape))
-        g = F.conv_transpose2d(y, self._weight(y), groups=y.shape[1])  # (B, C, H + 2p, W + 2p)
         B, C, H, W = y.shape
+        if self.kernel.ndim == 2:
+            g = F.conv_transpose2d(y, self._weight(y), groups=C)  # (B, C, H + 2p, W + 2p)
+        else:
+            g = F.conv_transpose2d(y.reshape(1, B * C, H, W), self._weight(y), groups=B * C)
+            g = g.reshape(B, C, H + 2 * self.pad, W + 2 * self.pad)
         # the adjoint of reflect padding: each padded entry goes back onto its source pixel
         cols = y.new_zeros((B, C, H + 2 * self.pad, W))
         cols.index_add_(-1, _reflect_index(W, self.pad, y.device), g)

@@ -14,7 +14,8 @@ from .base import LinearOperator
 
 
 class DenseOperator(LinearOperator):
-    r"""Creates a dense linear operator.
+    r"""Creates a dense linear operator, per-sample (:math:`(B, M, D)` matrices, sliced by
+    `A[index]`) or shared (an :math:`(M, D)` matrix).
 
     Arguments:
         matrix: The matrices, with shape :math:`(B, M, D)` (one per sample) or :math:`(M, D)`
@@ -66,6 +67,16 @@ class DenseOperator(LinearOperator):
             )
         return (B, self.out_features)
 
+    def in_shape_of(self, out_shape: tuple[int, ...]) -> tuple[int, ...]:
+        B, *event = out_shape
+        if tuple(event) != (self.out_features,):
+            raise ValueError(
+                f"A^T expects inputs of shape (B, {self.out_features}), got {tuple(out_shape)}"
+            )
+        in_shape = (B, *self.in_shape)
+        self.out_shape(in_shape)  # checks the batch size of a per-sample operator
+        return in_shape
+
     def __call__(self, x: Tensor) -> Tensor:
         x = x.flatten(1)  # (B, D)
         if self.matrix.ndim == 2:
@@ -80,16 +91,8 @@ class DenseOperator(LinearOperator):
             x = (y.unsqueeze(1) @ self.matrix).squeeze(1)  # (B, 1, M) @ (B, M, D)
         return x.reshape(x.shape[:1] + self.in_shape)
 
-    def __getitem__(self, index) -> "DenseOperator":
-        r"""Restricts a per-sample operator to the samples `index` (a shared one is returned
-        as is), so that observations can be processed in batches."""
-        if self.matrix.ndim == 2:
-            return self
-        return DenseOperator(self.matrix[index], self.in_shape, check=False)  # checked already
-
-    def to(self, *args, **kwargs) -> "DenseOperator":
-        r"""The operator with its matrices moved by `Tensor.to`."""
-        return DenseOperator(self.matrix.to(*args, **kwargs), self.in_shape, check=False)
+    def _per_sample(self) -> tuple[str, ...]:
+        return ("matrix",) if self.matrix.ndim == 3 else ()
 
     def __repr__(self) -> str:
         return f"DenseOperator(matrix={tuple(self.matrix.shape)})"

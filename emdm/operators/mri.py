@@ -20,14 +20,18 @@ __all__ = ["MRIOperator"]
 
 from torch import Tensor
 
-from kernels.mri import mri_adjoint, mri_forward
-
 from ..checks import check_finite
 from .base import LinearOperator
 
+try:
+    from ..kernels.mri import mri_adjoint, mri_forward
+except ImportError:  # no kernels/ folder: the same torch reference
+    from .._fallback import mri_adjoint, mri_forward
+
 
 class MRIOperator(LinearOperator):
-    r"""Creates a line-masked centred Fourier operator.
+    r"""Creates a line-masked centred Fourier operator, per-sample (one mask per sample,
+    sliced by `A[index]`) or shared.
 
     Arguments:
         mask: The column mask, with shape :math:`(B, W)` (one per sample) or :math:`(W,)`
@@ -64,6 +68,13 @@ class MRIOperator(LinearOperator):
             )
         return (*in_shape, 2)
 
+    def in_shape_of(self, out_shape: tuple[int, ...]) -> tuple[int, ...]:
+        out_shape = tuple(out_shape)
+        if len(out_shape) != 4 or out_shape[-1] != 2:
+            raise ValueError(f"A^T expects spectra of shape (B, H, W, 2), got {out_shape}")
+        self.out_shape(out_shape[:-1])
+        return out_shape[:-1]
+
     def __call__(self, x: Tensor) -> Tensor:
         self._check(x, "x")
         return mri_forward(x, self.mask, self.provider)
@@ -72,16 +83,8 @@ class MRIOperator(LinearOperator):
         self._check(y, "y")
         return mri_adjoint(y, self.mask, self.provider)
 
-    def __getitem__(self, index) -> "MRIOperator":
-        r"""Restricts a per-sample operator to the samples `index` (a shared one is returned
-        as is), so that observations can be processed in batches."""
-        if self.mask.ndim == 1:
-            return self
-        return MRIOperator(self.mask[index], self.provider, check=False)  # checked already
-
-    def to(self, *args, **kwargs) -> "MRIOperator":
-        r"""The operator with its mask moved by `Tensor.to`."""
-        return MRIOperator(self.mask.to(*args, **kwargs), self.provider, check=False)
+    def _per_sample(self) -> tuple[str, ...]:
+        return ("mask",) if self.mask.ndim == 2 else ()
 
     def __repr__(self) -> str:
         return f"MRIOperator(mask={tuple(self.mask.shape)})"

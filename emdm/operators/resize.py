@@ -30,7 +30,7 @@ from .base import LinearOperator
 
 class Downsample(LinearOperator):
     r"""Creates the :math:`\times f` block-average operator on images :math:`(B, C, H, W)`,
-    :math:`H` and :math:`W` multiples of :math:`f`."""
+    :math:`H` and :math:`W` multiples of :math:`f` (shared)."""
 
     def __init__(self, factor: int):
         if not isinstance(factor, int) or factor < 1:
@@ -45,6 +45,11 @@ class Downsample(LinearOperator):
                 f"got shape {tuple(in_shape)}"
             )
         return (*in_shape[:2], in_shape[2] // f, in_shape[3] // f)
+
+    def in_shape_of(self, out_shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(out_shape) != 4:
+            raise ValueError(f"A^T takes images (B, C, h, w), got shape {tuple(out_shape)}")
+        return (*out_shape[:2], out_shape[2] * self.factor, out_shape[3] * self.factor)
 
     def __call__(self, x: Tensor) -> Tensor:
         self.out_shape(tuple(x.shape))
@@ -84,7 +89,7 @@ def bicubic_weights(n_in: int, n_out: int) -> Tensor:
 
 class Bicubic(LinearOperator):
     r"""Creates the antialiased bicubic :math:`\times f` downsampling operator (images with
-    :math:`H` and :math:`W` multiples of :math:`f`)."""
+    :math:`H` and :math:`W` multiples of :math:`f`; shared)."""
 
     def __init__(self, factor: int):
         if not isinstance(factor, int) or factor < 1:
@@ -93,6 +98,9 @@ class Bicubic(LinearOperator):
 
     def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
         return Downsample(self.factor).out_shape(in_shape)
+
+    def in_shape_of(self, out_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return Downsample(self.factor).in_shape_of(out_shape)
 
     def _matrices(self, H: int, W: int, like: Tensor) -> tuple[Tensor, Tensor]:
         f = self.factor
