@@ -43,6 +43,7 @@ from .dplr import DPLR
 from .errors import UserError
 from .loss import beta33, denoising_loss
 from .mmps import COVARIANCES, MMPS, SOLVERS
+from .operators import LinearOperator
 from .progress import bar
 from .runs import write_atomic
 from .samplers import sample, samplers_for
@@ -256,8 +257,11 @@ def e_step(
         y_i = y[index].to(device)
         c_i = batch_cov_y(cov_y, y, index)
         c_i = c_i.to(device) if isinstance(c_i, Tensor) else c_i
-        A_i = A[index]
-        A_i = A_i.to(device) if hasattr(A_i, "to") else A_i
+        if isinstance(A, LinearOperator):
+            A_i = A[index].to(device)
+        else:  # a callable without the contract: restricted and moved where it can be
+            A_i = A[index] if hasattr(A, "__getitem__") else A
+            A_i = A_i.to(device) if hasattr(A_i, "to") else A_i
         posterior = MMPS(
             denoiser, A_i, y_i, c_i, covariance, cfg.cg_iterations, solver=cfg.solver, dot=cfg.dot
         )
@@ -326,6 +330,7 @@ def run_em(
     prior_cov: DPLR | None = None,
     progress: bool = False,
     ctx: Context | None = None,
+    snapshots: bool = True,
 ) -> Tensor:
     r"""Runs `cfg.iterations` EM iterations from the samples of :math:`q_0`.
 
@@ -357,6 +362,10 @@ def run_em(
         ctx: The processes of a multi-process run (:func:`emdm.distributed.init`): they share
             the E-step's batches and the M-step's batches; rank 0 writes the checkpoints and
             calls `callback`. Every rank must pass the same arguments.
+        snapshots: Whether to keep the prior of every lap `k` in `<directory>/prior_<k>.pt`:
+            the weights the E-step used (the EMA's, if any) and the sampler's start mean, for
+            evaluating any lap later (:func:`emdm.prior.load_prior`); `last.pt` holds only the
+            last lap, with what a resume needs.
 
     Returns:
         The samples of the last iteration.
@@ -456,6 +465,9 @@ def run_em(
         if callback is not None and ctx.main:
             callback(k + 1, samples, metrics)
         if directory is not None and ctx.main:
+            if snapshots:  # before last.pt: a lap that last.pt counts has its snapshot
+                state = {"iteration": k + 1, "model": prior.state_dict(), "mean": mean.cpu()}
+                _write_checkpoint(directory / f"prior_{k + 1}.pt", state)
             _write_checkpoint(
                 directory / "last.pt",
                 {

@@ -20,6 +20,7 @@ References:
 __all__ = ["GaussianStart", "UNetConfig", "draw", "learn_prior", "load_prior"]
 
 import dataclasses
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +37,7 @@ from .errors import UserError
 from .gaussian import fit_gaussian
 from .nn import PixelShuffleNet, UNet
 from .progress import bar
+from .runs import write_atomic
 from .samplers import sample, samplers_for
 from .schedule import Schedule, VESchedule
 
@@ -149,6 +151,7 @@ def learn_prior(
     evaluate: Callable[[int, nn.Module, Tensor], dict[str, float]] | None = None,
     ctx: Context | None = None,
     progress: bool = False,
+    net: UNetConfig | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""Learns a diffusion prior from observations :math:`y_i = A_i x_i + \varepsilon_i`.
 
@@ -168,6 +171,8 @@ def learn_prior(
         evaluate: See :func:`emdm.em.run_em`; also called with `k = 0` and the Gaussian prior.
         ctx: The processes of a multi-process run.
         progress: Whether to show progress bars.
+        net: The config that built `denoiser`, saved as `<directory>/model.json`, so that
+            :func:`load_prior` needs nothing but the folder.
 
     Returns:
         The last lap's samples :math:`(N, *)` and the mean :math:`\mu` of the sampler's start.
@@ -176,6 +181,10 @@ def learn_prior(
     directory = Path(directory)
     device = next(denoiser.parameters()).device
     q0_path = directory / "q0.pt"
+    if net is not None and ctx.main:
+        directory.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({"net": dataclasses.asdict(net)}, indent=2) + "\n"
+        write_atomic(directory / "model.json", lambda p: p.write_text(text))
     if resume and q0_path.exists():
         state = _load_checkpoint(q0_path)
         mean, samples = state["mean"].to(device), state["samples"].to(y.device)
@@ -215,18 +224,37 @@ def learn_prior(
 
 
 def load_prior(
-    net: UNetConfig, directory: str | os.PathLike, device: str | torch.device = "cpu"
+    directory: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    *,
+    lap: int | None = None,
+    net: UNetConfig | None = None,
 ) -> tuple[EDMDenoiser, Tensor]:
-    r"""Loads the prior of the last complete lap of the run in `directory`: its EMA weights (the
-    weights the E-step used; the model's own without EMA), in eval mode, and the sampler's start
-    mean."""
+    r"""Loads a prior that :func:`learn_prior` learned in `directory`, in eval mode, and the
+    mean :math:`\mu` of its sampler's start.
+
+    Arguments:
+        directory: The run's folder.
+        device: Where to load it.
+        lap: The lap whose prior to load (its snapshot `prior_<lap>.pt`); `None`: the last
+            complete lap (`last.pt`). Either way the weights the E-step used: the EMA's, if any.
+        net: The network's config; `None`: the one the run saved (`model.json`).
+    """
     directory = Path(directory)
-    if not (directory / "last.pt").exists():
-        raise FileNotFoundError(f"no complete EM lap in {directory}: {directory / 'last.pt'}")
-    state = _load_checkpoint(directory / "last.pt", device)
+    if net is None:
+        path = directory / "model.json"
+        if not path.exists():
+            raise UserError(f"{path} is missing: pass net=, the UNetConfig the run was made with")
+        net = UNetConfig(**{k: tuple(v) if isinstance(v, list) else v
+                            for k, v in json.loads(path.read_text())["net"].items()})  # fmt: skip
+    path = directory / ("last.pt" if lap is None else f"prior_{lap}.pt")
+    if not path.exists():
+        raise FileNotFoundError(f"no complete EM lap {lap or ''} in {directory}: {path} is absent")
+    state = _load_checkpoint(path, device)
+    weights = state["model"] if lap is not None or state.get("ema") is None else state["ema"]
     denoiser = net.build().to(device)
-    denoiser.load_state_dict(state["ema"] if state["ema"] is not None else state["model"])
-    mean = state["mean"] if state.get("mean") is not None else None
+    denoiser.load_state_dict(weights)
+    mean = state.get("mean")
     if mean is None:
         mean = _load_checkpoint(directory / "q0.pt", device)["mean"]
     return denoiser.eval(), mean.to(device)

@@ -13,7 +13,6 @@ Writes results/fig1[_quick].{png,csv,json}.
 """
 
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -24,14 +23,12 @@ from emdm.config import (
     NONNEGATIVE,
     PLAIN_NAME,
     POSITIVE,
-    SCALES,
-    Checked,
     config_dict,
     option,
-    parse_scaled,
 )
 from emdm.denoisers import MixtureDenoiser
 from emdm.errors import cli
+from emdm.experiment import Outputs, parse_run
 from emdm.likelihood import LIKELIHOODS, log_likelihood, resample
 from emdm.metrics import ot_score
 from emdm.plots import pairs
@@ -43,17 +40,14 @@ TITLES = {"exact": "p(x_t | y)", "tweedie": "V[x | x_t]", "cov_x": "(Σx⁻¹+Σ
 
 
 @dataclasses.dataclass
-class Fig1Config(Checked):
+class Fig1Config(Outputs):
     r"""Figure 1: p(x_t | y) and its Gaussian-likelihood approximations on a helix."""
 
     samples: int = option(65536, "draws per panel (paper: 65 536)", check=POSITIVE)
     sigma_t: float = option(0.25, "noise level σ_t of x_t (paper: 0.25)", check=POSITIVE)
     ot_samples: int = option(2048, "draws per side of each OT score", check=POSITIVE)
     seed: int = option(0, "seed of every draw", check=NONNEGATIVE)
-    scale: str = option("paper", "the preset's scale, recorded", choices=SCALES)
     name: str = option("fig1", "name of the result files", check=PLAIN_NAME)
-    out: str = option("results", "output folder")
-    dry_run: bool = option(False, "print the resolved config and exit")
 
 
 QUICK = Fig1Config(samples=16384, scale="quick", name="fig1_quick")
@@ -67,9 +61,8 @@ def helix(n: int = 256) -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_scaled(Fig1Config, argv, quick=QUICK, paper=PAPER, prog="reproduce/fig1.py")
-    if cfg.dry_run:
-        print(json.dumps(config_dict(cfg), indent=2))
+    cfg = parse_run(Fig1Config, argv, quick=QUICK, paper=PAPER, prog="reproduce/fig1.py")
+    if cfg is None:  # --dry-run
         return 0
     check_writable(cfg.out)
     start, g = time.perf_counter(), torch.Generator().manual_seed(cfg.seed)
@@ -98,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         out_dir=cfg.out, quick=cfg.scale == "quick", device="cpu",
         figures={f"{cfg.name}.png": figure},
     )  # fmt: skip
-    for row in rows:
+    for row in rows if not cfg.quiet else []:
         print(f"{row['covariance']:>8}  {row['value']:.4g}")
     return 0
 

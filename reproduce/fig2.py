@@ -18,7 +18,6 @@ Expected (paper): the Tweedie covariance orders of magnitude below the heuristic
 """
 
 import dataclasses
-import json
 import sys
 import time
 
@@ -27,19 +26,16 @@ import pandas as pd
 import torch
 
 from emdm.config import (
-    DEVICE,
     PLAIN_NAME,
     POSITIVE,
-    SCALES,
-    Checked,
     check_device,
     config_dict,
     option,
-    parse_scaled,
 )
 from emdm.data import RandomManifold
 from emdm.denoisers import MixtureDenoiser
 from emdm.errors import cli
+from emdm.experiment import DeviceRun, parse_run
 from emdm.likelihood import EXACT, LIKELIHOODS, log_likelihood, resample
 from emdm.metrics import METHODS as OT_METHODS
 from emdm.metrics import ot_cost
@@ -59,7 +55,7 @@ LABELS = {
 
 
 @dataclasses.dataclass
-class Fig2Config(Checked):
+class Fig2Config(DeviceRun):
     r"""Figure 2: the distance from q(x_t | y) to p(x_t | y) per covariance, against σ_t."""
 
     seeds: int = option(64, "seeds (problems) 0, 1, ..., seeds - 1 (paper: 64)", check=POSITIVE)
@@ -74,12 +70,7 @@ class Fig2Config(Checked):
         "noise levels σ_t",
         check=POSITIVE,
     )
-    device: str = option("cpu", "device of the likelihoods and OT costs", check=DEVICE)
-    scale: str = option("paper", "scale the results are labelled with", choices=SCALES)
     name: str = option("fig2", "name of the result files", check=PLAIN_NAME)
-    out: str = option("results", "output folder")
-    quiet: bool = option(False, "print nothing but errors")
-    dry_run: bool = option(False, "print the resolved config and exit")
 
     def __post_init__(self):
         super().__post_init__()
@@ -148,9 +139,8 @@ def plot(frame: pd.DataFrame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_scaled(Fig2Config, argv, quick=QUICK, paper=PAPER, prog="reproduce/fig2.py")
-    if cfg.dry_run:
-        print(json.dumps(config_dict(cfg), indent=2))
+    cfg = parse_run(Fig2Config, argv, quick=QUICK, paper=PAPER, prog="reproduce/fig2.py")
+    if cfg is None:  # --dry-run
         return 0
     device, _ = check_device(cfg.device), check_writable(cfg.out)
     start = time.perf_counter()

@@ -17,7 +17,6 @@ concentrate on the curve. Writes results/fig3[_quick].{csv,json,png} and _score.
 """
 
 import dataclasses
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,22 +27,19 @@ import torch
 
 from emdm import DPLR, EDMDenoiser, GaussianDenoiser, VESchedule
 from emdm.config import (
-    DEVICE,
     NONNEGATIVE,
     PLAIN_NAME,
     POSITIVE,
-    SCALES,
-    Checked,
     at_least,
     check_device,
     config_dict,
     option,
-    parse_scaled,
     run_identity,
 )
 from emdm.data import RandomManifold, observe, random_projections
 from emdm.em import EMConfig, e_step, run_em
 from emdm.errors import cli
+from emdm.experiment import ResumableRun, parse_run
 from emdm.gaussian import fit_gaussian
 from emdm.metrics import ot_score
 from emdm.nn import TimeMLP
@@ -56,7 +52,7 @@ from emdm.runs import RunFolder, write_atomic
 
 
 @dataclasses.dataclass
-class Fig3Config(Checked):
+class Fig3Config(ResumableRun):
     r"""Figure 3: EM learns a diffusion prior of a 1-D manifold in R⁵ from 2-D projections."""
 
     observations: int = option(
@@ -69,13 +65,7 @@ class Fig3Config(Checked):
     em: EMConfig = option(help="the EM laps (--em-* flags)", default_factory=EMConfig)
     ot_samples: int = option(4096, "samples per side of each OT score", check=POSITIVE)
     seed: int = option(0, "seed of the data and the run", check=NONNEGATIVE)
-    device: str = option("cpu", "device of the run", check=DEVICE)
-    scale: str = option("paper", "scale the results are labelled with", choices=SCALES)
     name: str = option("fig3", "name of the result files", check=PLAIN_NAME)
-    out: str = option("results", "output folder")
-    resume: bool = option(False, "continue the run in <out>/<name>_run")
-    quiet: bool = option(False, "print nothing but errors")
-    dry_run: bool = option(False, "print the resolved config and exit")
 
     def __post_init__(self):
         super().__post_init__()
@@ -99,9 +89,8 @@ QUICK = Fig3Config(
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_scaled(Fig3Config, argv, quick=QUICK, paper=PAPER, prog="reproduce/fig3.py")
-    if cfg.dry_run:
-        print(json.dumps(config_dict(cfg), indent=2))
+    cfg = parse_run(Fig3Config, argv, quick=QUICK, paper=PAPER, prog="reproduce/fig3.py")
+    if cfg is None:  # --dry-run
         return 0
     device, out = check_device(cfg.device), check_writable(cfg.out)
     # every check (lock, a finished or other run, the code version, damaged files) before work

@@ -17,7 +17,6 @@ less as R grows. Writes results/fig6[_quick].{csv,json,png}.
 """
 
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -25,23 +24,20 @@ import torch
 
 from emdm import VESchedule
 from emdm.config import (
-    DEVICE,
     NONNEGATIVE,
     PLAIN_NAME,
     POSITIVE,
-    SCALES,
-    Checked,
     at_least,
     check_device,
     config_dict,
     option,
-    parse_scaled,
     run_identity,
 )
 from emdm.data import load_fastmri, mri_observations, phantoms, zero_filled
 from emdm.distributed import init
 from emdm.em import EMConfig, e_step
 from emdm.errors import cli
+from emdm.experiment import ResumableRun, parse_run
 from emdm.metrics import psnr, ssim
 from emdm.operators import MRIOperator
 from emdm.plots import image_grid
@@ -52,7 +48,7 @@ from emdm.runs import RunFolder
 
 
 @dataclasses.dataclass
-class Fig6Config(Checked):
+class Fig6Config(ResumableRun):
     r"""Figure 6: accelerated MRI, a knee prior learned from undersampled k-space only."""
 
     data: str = option("fastmri", "the slices: fastMRI knees or synthetic phantoms",
@@ -90,13 +86,7 @@ class Fig6Config(Checked):
     )
     eval_cg: int = option(5, "CG iterations of the evaluation (paper: 5)", check=POSITIVE)
     seed: int = option(0, "seed of the data, masks and run", check=NONNEGATIVE)
-    device: str = option("cpu", "device of the run (per rank under torchrun)", check=DEVICE)
-    scale: str = option("paper", "scale the results are labelled with", choices=SCALES)
     name: str = option("fig6", "name of the result files", check=PLAIN_NAME)
-    out: str = option("results", "output folder")
-    resume: bool = option(False, "continue the run in <out>/<name>_run")
-    quiet: bool = option(False, "print nothing but errors")
-    dry_run: bool = option(False, "print the resolved config and exit")
 
     def __post_init__(self):
         super().__post_init__()
@@ -125,9 +115,8 @@ QUICK = Fig6Config(
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_scaled(Fig6Config, argv, quick=QUICK, paper=PAPER, prog="reproduce/fig6.py")
-    if cfg.dry_run:
-        print(json.dumps(config_dict(cfg), indent=2))
+    cfg = parse_run(Fig6Config, argv, quick=QUICK, paper=PAPER, prog="reproduce/fig6.py")
+    if cfg is None:  # --dry-run
         return 0
     ctx, out = init(), check_writable(cfg.out)
     device = ctx.device(cfg.device)
@@ -156,11 +145,11 @@ def _run(cfg: Fig6Config, ctx, device, out: Path, run: RunFolder) -> None:
     learn_prior(cfg.net.build().to(device), MRIOperator(mask.float()), y, cfg.sigma_y**2,
                 tuple(x.shape[1:]), cfg.em, schedule, cfg.start, directory=run.path,
                 resume=run.resuming, identity=run_identity(cfg), ctx=ctx,
-                progress=not cfg.quiet)  # fmt: skip
+                progress=not cfg.quiet, net=cfg.net)  # fmt: skip
     if not ctx.main:
         return
 
-    prior, mean = load_prior(cfg.net, run.path, device)
+    prior, mean = load_prior(run.path, device)
     evaluation = dataclasses.replace(cfg.em, steps=cfg.eval_steps, cg_iterations=cfg.eval_cg)
     rows, panels = [], {"truth": test[:4]}
     for R in cfg.accelerations:

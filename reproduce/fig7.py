@@ -11,7 +11,6 @@ and results/fig7[_quick]_samples.npy.
 """
 
 import dataclasses
-import json
 import sys
 import time
 
@@ -21,22 +20,20 @@ from emdm.config import (
     NONNEGATIVE,
     PLAIN_NAME,
     POSITIVE,
-    SCALES,
-    Checked,
     at_least,
     config_dict,
     option,
-    parse_scaled,
 )
 from emdm.data import RandomManifold
 from emdm.errors import cli
+from emdm.experiment import Outputs, parse_run
 from emdm.plots import corner
 from emdm.provenance import write_results
 from emdm.publish import check_writable
 
 
 @dataclasses.dataclass
-class Fig7Config(Checked):
+class Fig7Config(Outputs):
     r"""Figure 7: the 1-D and 2-D marginals of the 5-D random manifold of Figure 3."""
 
     samples: int = option(
@@ -45,10 +42,7 @@ class Fig7Config(Checked):
     features: int = option(5, "dimension of the ambient space (paper: 5)", check=POSITIVE)
     seed: int = option(0, "key of the manifold (paper: 0); seed + 1 draws the points",
                        check=NONNEGATIVE)  # fmt: skip
-    scale: str = option("paper", "scale the results are labelled with", choices=SCALES)
     name: str = option("fig7", "name of the result files", check=PLAIN_NAME)
-    out: str = option("results", "output folder")
-    dry_run: bool = option(False, "print the resolved config and exit")
 
 
 QUICK = Fig7Config(samples=4096, scale="quick", name="fig7_quick")
@@ -56,9 +50,8 @@ PAPER = Fig7Config()
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_scaled(Fig7Config, argv, quick=QUICK, paper=PAPER, prog="reproduce/fig7.py")
-    if cfg.dry_run:
-        print(json.dumps(config_dict(cfg), indent=2))
+    cfg = parse_run(Fig7Config, argv, quick=QUICK, paper=PAPER, prog="reproduce/fig7.py")
+    if cfg is None:  # --dry-run
         return 0
     check_writable(cfg.out)
     start = time.perf_counter()
@@ -76,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         figures={f"{cfg.name}.png": corner(x)},
         arrays={f"{cfg.name}_samples.npy": x.float().numpy()},
     )  # fmt: skip
-    print(f"wrote {csv.with_suffix('.png')}")
+    if not cfg.quiet:
+        print(f"wrote {csv.with_suffix('.png')}")
     return 0
 
 

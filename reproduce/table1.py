@@ -36,24 +36,21 @@ import torch
 
 from emdm import VESchedule
 from emdm.config import (
-    DEVICE,
     NONNEGATIVE,
     PLAIN_NAME,
     POSITIVE,
-    SCALES,
-    Checked,
     at_least,
     check_device,
     config_dict,
     interval,
     option,
-    parse_scaled,
     run_identity,
 )
 from emdm.data import cifar_observations, color_shapes, load_cifar10
 from emdm.distributed import init
 from emdm.em import EMConfig, e_step
 from emdm.errors import cli
+from emdm.experiment import ResumableRun, parse_run
 from emdm.metrics import frechet_distance, gaussian_statistics
 from emdm.metrics.fidelity import INCEPTION, TINY, fidelity_metrics, inception_weights_path
 from emdm.mmps import COVARIANCES
@@ -66,7 +63,7 @@ from emdm.runs import RunFolder, write_atomic
 
 
 @dataclasses.dataclass
-class Table1Config(Checked):
+class Table1Config(ResumableRun):
     r"""Table 1 and Figure 4: a CIFAR-10 prior learned from masked images only."""
 
     data: str = option("cifar", "the images: CIFAR-10 or synthetic colour shapes",
@@ -111,13 +108,7 @@ class Table1Config(Checked):
     )  # fmt: skip
     inception_weights: str = option("", "the Inception weights file; empty: $EMDM_INCEPTION")
     seed: int = option(0, "seed of the data, masks and runs", check=NONNEGATIVE)
-    device: str = option("cpu", "device of the runs (per rank under torchrun)", check=DEVICE)
-    scale: str = option("paper", "scale the results are labelled with", choices=SCALES)
     name: str = option("table1", "name of the result files", check=PLAIN_NAME)
-    out: str = option("results", "output folder")
-    resume: bool = option(False, "continue the runs in <out>/<name>_run")
-    quiet: bool = option(False, "print nothing but errors")
-    dry_run: bool = option(False, "print the resolved config and exit")
 
     def __post_init__(self):
         super().__post_init__()
@@ -147,9 +138,8 @@ QUICK = Table1Config(
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_scaled(Table1Config, argv, quick=QUICK, paper=PAPER, prog="reproduce/table1.py")
-    if cfg.dry_run:
-        print(json.dumps(config_dict(cfg), indent=2))
+    cfg = parse_run(Table1Config, argv, quick=QUICK, paper=PAPER, prog="reproduce/table1.py")
+    if cfg is None:  # --dry-run
         return 0
     if cfg.feature_extractor == "inception-v3-compat":
         inception_weights_path(cfg.inception_weights or None)  # missing: stop before any work
@@ -233,7 +223,8 @@ def _run(cfg: Table1Config, ctx, device, out: Path, folder: RunFolder) -> None:
         learn_prior(denoiser, MaskOperator(mask), y, cfg.sigma_y**2, tuple(x.shape[1:]), em,
                     schedule, cfg.start, directory=run, resume=folder.resuming,
                     identity=run_identity(cfg) | {"run": label}, callback=callback,
-                    evaluate=evaluate, ctx=ctx, progress=not cfg.quiet)  # fmt: skip
+                    evaluate=evaluate, ctx=ctx, progress=not cfg.quiet,
+                    net=cfg.net)  # fmt: skip
     if not ctx.main:
         return
     rows, finals = read_jsonl(floor), {}
@@ -270,7 +261,7 @@ def posterior_check(cfg, run, x, percent, covariance, lap, schedule, device) -> 
                                  cfg.sigma_y)  # fmt: skip
     mask, y, x = mask[:n], y[:n], x[:n]
     hidden, A = mask.expand_as(x) == 0, MaskOperator(mask)
-    prior, mean = load_prior(cfg.net, run, device)
+    prior, mean = load_prior(run, device)
     rows = []
     for c in dict.fromkeys(("tweedie", *cfg.heuristics)):
         em = dataclasses.replace(cfg.em, covariance=c)

@@ -23,7 +23,6 @@ results/table4[_quick].{csv,json}.
 """
 
 import dataclasses
-import json
 import sys
 import time
 
@@ -38,16 +37,14 @@ from emdm.config import (
     NONNEGATIVE,
     PLAIN_NAME,
     POSITIVE,
-    SCALES,
-    Checked,
     check_device,
     config_dict,
     interval,
     option,
-    parse_scaled,
 )
 from emdm.data import load_images
 from emdm.errors import cli
+from emdm.experiment import DeviceRun, parse_run
 from emdm.metrics import LPIPS
 from emdm.nn.adm import ADMConfig, load_adm
 from emdm.provenance import write_results
@@ -55,7 +52,7 @@ from emdm.publish import check_writable
 
 
 @dataclasses.dataclass
-class Table4Config(Checked):
+class Table4Config(DeviceRun):
     r"""Table 4: posterior sampling with DPS, ΠGDM, TMPD, DiffPIR and MMPS on inverse problems."""
 
     images: int = option(100, "test images (paper: the first 100 of FFHQ 256)", check=POSITIVE)
@@ -91,11 +88,7 @@ class Table4Config(Checked):
     )
     # a name only: the paper preset names CUDA, which the paper run checks before any work
     device: str = option("cuda", "device of the paper run (the quick run: CPU)", check=DEVICE)
-    scale: str = option("paper", "quick: the mixture prior; paper: DPS's FFHQ", choices=SCALES)
     name: str = option("table4", "name of the result files", check=PLAIN_NAME)
-    out: str = option("results", "output folder")
-    quiet: bool = option(False, "print nothing but errors")
-    dry_run: bool = option(False, "print the resolved config and exit")
 
 
 QUICK = Table4Config(
@@ -129,9 +122,8 @@ def paper(cfg: Table4Config) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_scaled(Table4Config, argv, quick=QUICK, paper=PAPER, prog="reproduce/table4.py")
-    if cfg.dry_run:
-        print(json.dumps(config_dict(cfg), indent=2))
+    cfg = parse_run(Table4Config, argv, quick=QUICK, paper=PAPER, prog="reproduce/table4.py")
+    if cfg is None:  # --dry-run
         return 0
     check_writable(cfg.out)
     if cfg.scale != "quick":

@@ -16,7 +16,6 @@ results/table5[_quick].{csv,json}.
 """
 
 import dataclasses
-import json
 import multiprocessing
 import resource
 import sys
@@ -38,26 +37,24 @@ from emdm.benchmark import (
     vjps_per_call,
 )
 from emdm.config import (
-    DEVICE,
     NONNEGATIVE,
     PLAIN_NAME,
     POSITIVE,
     SCALES,
-    Checked,
     check_device,
     config_dict,
     interval,
     option,
-    parse_scaled,
 )
 from emdm.errors import cli
+from emdm.experiment import DeviceRun, parse_run
 from emdm.nn.adm import ADMConfig, load_adm
 from emdm.provenance import write_results
 from emdm.publish import check_writable
 
 
 @dataclasses.dataclass
-class Table5Config(Checked):
+class Table5Config(DeviceRun):
     r"""Table 5: the cost of each posterior-sampling method per sampler step."""
 
     task: str = option("blur", "the inverse problem (paper: sr4)", choices=TASKS)
@@ -71,7 +68,6 @@ class Table5Config(Checked):
     )  # fmt: skip
     methods: tuple[str, ...] = option(METHODS, "posterior-sampling methods", choices=METHODS)
     # a name only: the paper preset names CUDA
-    device: str = option("cpu", "device of the measurements (paper: cuda)", check=DEVICE)
     seed: int = option(0, "seed of the prior and the operator", check=NONNEGATIVE)
     checkpoint: str = option("models/ffhq_10m.pt", "DPS's FFHQ checkpoint, the paper's prior")
     adm: ADMConfig = option(
@@ -79,9 +75,6 @@ class Table5Config(Checked):
     )
     scale: str = option("quick", "quick: the mixture prior; paper: DPS's FFHQ", choices=SCALES)
     name: str = option("table5_quick", "name of the result files", check=PLAIN_NAME)
-    out: str = option("results", "output folder")
-    quiet: bool = option(False, "print nothing but errors")
-    dry_run: bool = option(False, "print the resolved config and exit")
 
 
 QUICK = Table5Config()
@@ -103,8 +96,7 @@ def measure(cfg: Table5Config, name: str, steps: int) -> dict[str, float]:
         x = torch.zeros((cfg.batch, *shape), device=device)
     T = task(cfg.task)
     A = T.operator(cfg.batch, shape[-1], g)
-    if hasattr(A, "mask"):
-        A.mask = A.mask.to(device)
+    A = A.to(device)
     y = A(x.reshape(cfg.batch, *shape))
     counting = CountingDenoiser(prior)
     denoiser = method(name, counting, A, y, T.sigma_y**2)
@@ -135,9 +127,8 @@ def _worker(args):
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_scaled(Table5Config, argv, quick=QUICK, paper=PAPER, prog="reproduce/table5.py")
-    if cfg.dry_run:
-        print(json.dumps(config_dict(cfg), indent=2))
+    cfg = parse_run(Table5Config, argv, quick=QUICK, paper=PAPER, prog="reproduce/table5.py")
+    if cfg is None:  # --dry-run
         return 0
     try:
         check_device(cfg.device)

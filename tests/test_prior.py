@@ -6,8 +6,9 @@ import torch
 from emdm import VESchedule
 from emdm.data import cifar_observations, color_shapes
 from emdm.em import EMConfig
+from emdm.errors import UserError
 from emdm.operators import MaskOperator
-from emdm.prior import GaussianStart, UNetConfig, draw, learn_prior
+from emdm.prior import GaussianStart, UNetConfig, draw, learn_prior, load_prior
 
 SCHEDULE = VESchedule(1e-3, 1e2)
 NET = UNetConfig(hid_channels=(8, 16), hid_blocks=(1, 1), attention=(1,), heads=2,
@@ -44,7 +45,7 @@ def test_learn_prior_runs_evaluates_and_resumes(tmp_path):
     full, mean = learn_prior(model(), A, y, 1e-6, (3, 8, 8), CFG, SCHEDULE, START,
                              directory=tmp_path / "full", evaluate=evaluate,
                              callback=lambda k, x, m: seen.append((k, x.shape, set(m))),
-                             )  # fmt: skip
+                             net=NET)  # fmt: skip
     assert evaluated == [0, 1, 2] and [k for k, _, _ in seen] == [0, 1, 2]
     assert all(shape == (32, 3, 8, 8) for _, shape, _ in seen)
     assert {"loss", "kept", "guard", "mean_norm"} <= seen[-1][2]
@@ -62,6 +63,20 @@ def test_learn_prior_runs_evaluates_and_resumes(tmp_path):
     resumed, _ = learn_prior(model(), A, y, 1e-6, (3, 8, 8), CFG, SCHEDULE, START,
                              directory=tmp_path / "cut", resume=True)  # fmt: skip
     assert torch.equal(full, resumed)
+
+    # the folder describes itself: the network's config, the last lap and every lap's prior
+    last, last_mean = load_prior(tmp_path / "full")
+    lap2, lap2_mean = load_prior(tmp_path / "full", lap=2)
+    lap1, _ = load_prior(tmp_path / "full", lap=1)
+    torch.testing.assert_close(last_mean, mean) and torch.testing.assert_close(lap2_mean, mean)
+    for name, p in last.state_dict().items():
+        assert torch.equal(p, lap2.state_dict()[name]), name
+    assert any(not torch.equal(p, lap1.state_dict()[n]) for n, p in last.state_dict().items())
+    with pytest.raises(UserError, match=r"model\.json is missing: pass net="):
+        load_prior(tmp_path / "cut")  # made without net=
+    load_prior(tmp_path / "cut", net=NET)
+    with pytest.raises(FileNotFoundError, match=r"prior_7\.pt is absent"):
+        load_prior(tmp_path / "full", lap=7)
     with pytest.raises(ValueError, match="holds a run already"):
         learn_prior(model(), A, y, 1e-6, (3, 8, 8), CFG, SCHEDULE, START,
                     directory=tmp_path / "cut")  # fmt: skip

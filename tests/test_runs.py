@@ -173,9 +173,10 @@ def test_killed_in_every_phase_and_resumed_gives_the_same_bytes(tmp_path):
     watcher = threading.Thread(target=watch)
     watcher.start()
     # a random point of each phase, twice; the calls each process makes: 16 Adam steps a lap,
-    # 4 E-step batches, 2 points per checkpoint write, 6 in a publication
+    # 4 E-step batches, 2 points in each of a lap's 2 checkpoint writes (its prior's snapshot,
+    # then last.pt), 6 in a publication
     rng = random.Random(os.environ.get("EMDM_FAULT_SEED", "0"))
-    phases = [("m-step", 16), ("e-step", 4), ("checkpoint", 2)] * 2 + [("publish", 6)] * 2
+    phases = [("m-step", 16), ("e-step", 4), ("checkpoint", 4)] * 2 + [("publish", 6)] * 2
     try:
         for i, (phase, calls) in enumerate(phases):
             n = rng.randint(1, calls)

@@ -1,0 +1,55 @@
+r"""What every experiment entry point shares: its output fields, and parsing with presets.
+
+An entry point's config derives from :class:`Outputs` (the scale its results are labelled with,
+where they go and under which name, how verbose the run is), :class:`DeviceRun` (plus the
+device) or :class:`ResumableRun` (plus `--resume`, for the long runs that work in an
+:class:`emdm.runs.RunFolder`), and sets the default of `name`. :func:`parse_run` parses the
+command line with the entry point's quick and paper presets and answers `--dry-run`.
+"""
+
+__all__ = ["DeviceRun", "Outputs", "ResumableRun", "parse_run"]
+
+import dataclasses
+import json
+from typing import TypeVar
+
+from .config import DEVICE, PLAIN_NAME, SCALES, Checked, config_dict, option, parse_scaled
+
+C = TypeVar("C")
+
+
+@dataclasses.dataclass
+class Outputs(Checked):
+    r"""The fields of every entry point: how its results are labelled, named and placed."""
+
+    scale: str = option("paper", "scale the results are labelled with", choices=SCALES)
+    name: str = option("run", "name of the result files", check=PLAIN_NAME)
+    out: str = option("results", "output folder")
+    quiet: bool = option(False, "print nothing but errors")
+    dry_run: bool = option(False, "print the resolved config and exit")
+
+
+@dataclasses.dataclass
+class DeviceRun(Outputs):
+    r"""An entry point that computes on a device."""
+
+    device: str = option("cpu", "device of the run (per rank under torchrun)", check=DEVICE)
+
+
+@dataclasses.dataclass
+class ResumableRun(DeviceRun):
+    r"""A long entry point, which works in `<out>/<name>_run` and can be resumed."""
+
+    resume: bool = option(
+        False, "continue the run in <out>/<name>_run from its last complete lap, or re-report it"
+    )
+
+
+def parse_run(cls: type[C], argv: list[str] | None, *, quick: C, paper: C, prog: str) -> C | None:
+    r"""The config of an entry point from `argv` (`--quick` selects the quick preset, see
+    :func:`emdm.config.parse_scaled`), or `None` after printing it if `--dry-run` was given."""
+    cfg = parse_scaled(cls, argv, quick=quick, paper=paper, prog=prog)
+    if cfg.dry_run:
+        print(json.dumps(config_dict(cfg), indent=2))
+        return None
+    return cfg
