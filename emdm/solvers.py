@@ -94,7 +94,7 @@ def cg(
         rtol: The relative residual tolerance below which a system stops being updated.
         return_info: Whether to also return a :class:`CGInfo`.
         provider: The implementation of each update, `"ref"`, `"triton"` or `"auto"`
-            (:func:`kernels.cg.cg_update`); `None` reads `EMDM_KERNELS` (default `auto`).
+            (:func:`emdm.kernels.cg.cg_update`); `None` reads `EMDM_KERNELS` (default `auto`).
 
     Returns:
         The solutions :math:`x`, with the shape of `b`, and a :class:`CGInfo` if asked.

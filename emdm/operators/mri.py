@@ -9,7 +9,7 @@ in the orthonormal scaling (fastMRI's `fastmri.fft2c`), real images :math:`x` wi
 :math:`(B, H, W)`, spectra :math:`y` with shape :math:`(B, H, W, 2)` (real and imaginary parts)
 and a mask :math:`M` of column lines: one 0/1 weight per frequency column :math:`w`, per sample,
 broadcast over :math:`H`. Unobserved entries are kept as zeros. The transforms run in
-:mod:`kernels.mri` (the torch reference, or Triton kernels around cuFFT on CUDA).
+:mod:`emdm.kernels.mri` (the torch reference, or Triton kernels around cuFFT on CUDA).
 
 References:
     | fastMRI: An Open Dataset and Benchmarks for Accelerated MRI (Zbontar et al., 2018)
@@ -38,7 +38,7 @@ class MRIOperator(LinearOperator):
             (shared), bool or real. A real mask also fixes the dtype of the inputs; a bool one
             accepts float32 and float64.
         provider: The kernel provider, `"ref"`, `"triton"` or `"auto"`; `None` reads
-            `EMDM_KERNELS` at each call (:mod:`kernels._dispatch`).
+            `EMDM_KERNELS` at each call (:mod:`emdm.kernels._dispatch`).
         check: Whether to check that a real mask is finite (one pass, one host
             synchronization on CUDA), once here; restrictions (`A[index]`) and copies
             (`A.to(...)`) of a checked operator skip it.
