@@ -285,3 +285,19 @@ def test_broadcast_sigma_validation():
         broadcast_sigma(torch.tensor([1.0, 0.0, 1.0, 1.0]), x)
     with pytest.raises(ValueError, match="sigma must be positive"):
         broadcast_sigma(-1.0, x)
+
+
+def test_gaussian_denoiser_moves_with_its_covariance():
+    from emdm import DPLR, GaussianDenoiser
+
+    g = torch.Generator().manual_seed(0)
+    D, U = torch.rand(6, generator=g) + 0.1, torch.randn(6, 2, generator=g)
+    denoiser = GaussianDenoiser(torch.randn(6, generator=g), DPLR(D, U, U.T))
+    x_t, sigma = torch.randn(3, 6, generator=g), torch.full((3,), 0.7)
+    expected = denoiser(x_t.double(), sigma.double())  # the float32 covariance, cast per call
+    moved = denoiser.double()  # nn.Module.double: every buffer, the covariance's too
+    assert moved.cov.D.dtype == moved.cov.U.dtype == moved.mean.dtype == torch.float64
+    torch.testing.assert_close(moved(x_t.double(), sigma.double()), expected)
+    assert {"mean", "cov_D", "cov_U", "cov_V"} <= set(moved.state_dict())
+    meta = GaussianDenoiser(torch.zeros(6), DPLR(D, U, U.T)).to("meta")
+    assert meta.cov.D.is_meta and meta.cov.U.is_meta and meta.mean.is_meta

@@ -49,7 +49,15 @@ class GaussianDenoiser(nn.Module):
                 check_finite(getattr(cov, name), f"the covariance's {name}")
         _check_psd(cov)
         self.register_buffer("mean", mean)
-        self.cov = cov
+        # the factors as buffers: .to(), .double() and state_dict() carry the covariance
+        self.register_buffer("cov_D", cov.D)
+        self.register_buffer("cov_U", cov.U)
+        self.register_buffer("cov_V", cov.V)
+
+    @property
+    def cov(self) -> DPLR:
+        r"""The covariance :math:`\Sigma`, on the module's device and in its dtype."""
+        return DPLR(self.cov_D, self.cov_U, self.cov_V)
 
     def forward(self, x_t: Tensor, sigma: Tensor) -> Tensor:
         r"""
