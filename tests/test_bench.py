@@ -4,6 +4,10 @@ share (`bench/common.py`)."""
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -25,12 +29,19 @@ def test_iqr():
 
 
 def test_conditions_record_threads_and_load():
-    threads = torch.get_num_threads()
-    try:
-        assert set_threads(1) == 1 == conditions()["threads"]
-        assert set_threads(0) == 1  # 0 keeps what is set
-    finally:
-        torch.set_num_threads(threads)
+    # in a process of its own: with torch 2.14.1 + MKL, a batched torch.linalg.inv after
+    # set_num_threads changed the count fails (MKL: "Parameter 6 was incorrect on entry to
+    # DLASWP"), and would break the tests that run after this one
+    code = (
+        "from bench.common import conditions, set_threads\n"
+        "assert set_threads(1) == 1 == conditions()['threads']\n"
+        "assert set_threads(0) == 1  # 0 keeps what is set\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert set_threads(0) == torch.get_num_threads() == conditions()["threads"]
     load = conditions()["loadavg"]
     assert len(load) == 3 and all(math.isfinite(v) and v >= 0 for v in load)
 
