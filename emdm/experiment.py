@@ -7,13 +7,29 @@ device) or :class:`ResumableRun` (plus `--resume`, for the long runs that work i
 command line with the entry point's quick and paper presets and answers `--dry-run`.
 """
 
-__all__ = ["DeviceRun", "Outputs", "ResumableRun", "parse_run"]
+__all__ = ["DeviceRun", "Outputs", "ResumableRun", "parse_run", "run_in_folder"]
 
 import dataclasses
 import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
-from .config import DEVICE, PLAIN_NAME, SCALES, Checked, config_dict, option, parse_scaled
+import torch
+
+from .config import (
+    DEVICE,
+    PLAIN_NAME,
+    SCALES,
+    Checked,
+    config_dict,
+    option,
+    parse_scaled,
+    run_identity,
+)
+from .distributed import Context, init
+from .publish import check_writable
+from .runs import RunFolder
 
 C = TypeVar("C")
 
@@ -53,3 +69,20 @@ def parse_run(cls: type[C], argv: list[str] | None, *, quick: C, paper: C, prog:
         print(json.dumps(config_dict(cfg), indent=2))
         return None
     return cfg
+
+
+def run_in_folder(
+    cfg: ResumableRun, work: Callable[[Context, torch.device, Path, RunFolder], None]
+) -> int:
+    r"""Runs a long entry point: joins its processes (:func:`emdm.distributed.init`, one
+    process outside `torchrun`), checks `cfg.out`, opens `<out>/<name>_run` (every check before
+    any work: lock, a finished or other run, the code version, damaged files), calls
+    `work(ctx, device, out, run)`, which publishes the results, and records the run finished.
+    Returns 0."""
+    ctx, out = init(), check_writable(cfg.out)
+    device = ctx.device(cfg.device)
+    with RunFolder(out / f"{cfg.name}_run", run_identity(cfg), resume=cfg.resume,
+                   main=ctx.main) as run:  # fmt: skip
+        work(ctx, device, out, run)
+        run.finish()  # rank 0 records it; the others only release
+    return 0

@@ -34,16 +34,14 @@ from emdm.config import (
     run_identity,
 )
 from emdm.data import load_fastmri, mri_observations, phantoms, zero_filled
-from emdm.distributed import init
 from emdm.em import EMConfig, e_step
 from emdm.errors import cli
-from emdm.experiment import ResumableRun, parse_run
+from emdm.experiment import ResumableRun, parse_run, run_in_folder
 from emdm.metrics import psnr, ssim
 from emdm.operators import MRIOperator
 from emdm.plots import image_grid
 from emdm.prior import GaussianStart, UNetConfig, learn_prior, load_prior
 from emdm.provenance import write_results
-from emdm.publish import check_writable
 from emdm.runs import RunFolder
 
 
@@ -118,14 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_run(Fig6Config, argv, quick=QUICK, paper=PAPER, prog="reproduce/fig6.py")
     if cfg is None:  # --dry-run
         return 0
-    ctx, out = init(), check_writable(cfg.out)
-    device = ctx.device(cfg.device)
-    # every check (lock, a finished or other run, the code version, damaged files) before work
-    with RunFolder(out / f"{cfg.name}_run", run_identity(cfg), resume=cfg.resume,
-                   main=ctx.main) as run:  # fmt: skip
-        _run(cfg, ctx, device, out, run)
-        run.finish()  # rank 0 records it; the others only release
-    return 0
+    return run_in_folder(cfg, lambda ctx, device, out, run: _run(cfg, ctx, device, out, run))
 
 
 def _run(cfg: Fig6Config, ctx, device, out: Path, run: RunFolder) -> None:

@@ -47,10 +47,9 @@ from emdm.config import (
     run_identity,
 )
 from emdm.data import cifar_observations, color_shapes, load_cifar10
-from emdm.distributed import init
 from emdm.em import EMConfig, e_step
 from emdm.errors import cli
-from emdm.experiment import ResumableRun, parse_run
+from emdm.experiment import ResumableRun, parse_run, run_in_folder
 from emdm.metrics import frechet_distance, gaussian_statistics
 from emdm.metrics.fidelity import INCEPTION, TINY, fidelity_metrics, inception_weights_path
 from emdm.mmps import COVARIANCES
@@ -58,7 +57,6 @@ from emdm.operators import MaskOperator
 from emdm.plots import image_grid, laps
 from emdm.prior import GaussianStart, UNetConfig, draw, learn_prior, load_prior
 from emdm.provenance import append_jsonl, read_jsonl, write_results
-from emdm.publish import check_writable
 from emdm.runs import RunFolder, write_atomic
 
 
@@ -143,14 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if cfg.feature_extractor == "inception-v3-compat":
         inception_weights_path(cfg.inception_weights or None)  # missing: stop before any work
-    ctx, out = init(), check_writable(cfg.out)
-    device = ctx.device(cfg.device)
-    # every check (lock, a finished or other run, the code version, damaged files) before work
-    with RunFolder(out / f"{cfg.name}_run", run_identity(cfg), resume=cfg.resume,
-                   main=ctx.main) as folder:  # fmt: skip
-        _run(cfg, ctx, device, out, folder)
-        folder.finish()  # rank 0 records it; the others only release
-    return 0
+    return run_in_folder(cfg, lambda ctx, device, out, run: _run(cfg, ctx, device, out, run))
 
 
 def _run(cfg: Table1Config, ctx, device, out: Path, folder: RunFolder) -> None:
