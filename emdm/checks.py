@@ -7,11 +7,12 @@ anything per sampling step.
   :class:`emdm.errors.UserError` that names the file and says what to do.
 """
 
-__all__ = ["check_finite", "load_state_dict"]
+__all__ = ["check_finite", "load_state_dict", "load_torch"]
 
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -34,6 +35,17 @@ def check_finite(x: Tensor, name: str) -> None:
     )
 
 
+def load_torch(path: str | os.PathLike, message: str, **kwargs: Any) -> Any:
+    r"""`torch.load(path, weights_only=True, **kwargs)`, or a :class:`UserError` whose text is
+    `message` with `{error}` replaced by what torch said (its type and first line): torch
+    raises many types for a truncated, empty or foreign file."""
+    try:
+        return torch.load(path, weights_only=True, **kwargs)
+    except Exception as error:
+        text = str(error).splitlines()[0] if str(error) else "empty or truncated"
+        raise UserError(message.format(error=f"{type(error).__name__}: {text}")) from None
+
+
 def load_state_dict(path: str | os.PathLike, what: str, fix: str) -> dict[str, Tensor]:
     r"""Reads the state dict of tensors in the weights file `path` (on the CPU, tensors only:
     `weights_only=True`).
@@ -49,14 +61,8 @@ def load_state_dict(path: str | os.PathLike, what: str, fix: str) -> dict[str, T
             infinite weights; the message names the file.
     """
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a damaged file
-        raise UserError(
-            f"{path} is not a readable weights file ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else 'empty or truncated'}): expected "
-            f"{what}; {fix}"
-        ) from None
+    message = f"{path} is not a readable weights file ({{error}}): expected {what}; {fix}"
+    state = load_torch(path, message, map_location="cpu")
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
     ):

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from . import faults
+from .checks import load_torch
 from .config import NONNEGATIVE, POSITIVE, Checked, interval, option
 from .distributed import Context, local
 from .dplr import DPLR
@@ -299,13 +300,11 @@ def _write_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 def _load_checkpoint(path: Path, device: torch.device | str | None = None) -> dict[str, Any]:
     r"""Loads a checkpoint, or raises a :class:`UserError` naming the damaged file."""
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:  # torch raises many types for a damaged file
-        raise UserError(
-            f"the checkpoint {path} is damaged ({type(error).__name__}: {error}); delete it to "
-            f"redo the run from its start, or start anew in another folder"
-        ) from None
+    message = (
+        f"the checkpoint {path} is damaged ({{error}}); delete it to redo the run from its "
+        f"start, or start anew in another folder"
+    )
+    return load_torch(path, message, map_location=device)
 
 
 def _differences(a: dict, b: dict) -> list[str]:

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from .checks import load_torch
 from .errors import UserError
 from .provenance import append_jsonl, code_version, read_jsonl
 
@@ -175,14 +176,11 @@ class RunFolder:
                 f"anew in another --out"
             )
         for checkpoint in sorted(self.path.rglob("*.pt")):
-            try:
-                torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-            except Exception as error:  # torch raises many types for a damaged file
-                raise UserError(
-                    f"cannot resume {self.path}: the checkpoint {checkpoint} is damaged "
-                    f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-                    f"); delete it to redo its part of the run, or start anew in another --out"
-                ) from None
+            message = (
+                f"cannot resume {self.path}: the checkpoint {checkpoint} is damaged ({{error}}); "
+                f"delete it to redo its part of the run, or start anew in another --out"
+            )
+            load_torch(checkpoint, message, map_location="cpu", mmap=True)
 
     # -- records ------------------------------------------------------------------------------
 
