@@ -25,7 +25,7 @@ no `.T`, its adjoint is the vector-Jacobian product of the (linear) map,
 :math:`A^T u = \nabla_x \langle A x, u \rangle`, computed by autograd (:func:`transpose`).
 """
 
-__all__ = ["AutogradAdjoint", "Identity", "LinearOperator", "transpose"]
+__all__ = ["AutogradAdjoint", "Identity", "LinearOperator", "batch_index", "transpose"]
 
 import copy
 from abc import ABC, abstractmethod
@@ -38,6 +38,14 @@ from torch import Tensor
 def _move(t: Tensor, device, dtype) -> Tensor:
     # as nn.Module.to: dtype casts floating-point tensors only (bool and integer masks stay)
     return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
+
+
+def batch_index(index: slice | int | Tensor) -> slice | Tensor:
+    r"""An index over a batch that keeps the batch axis: an integer :math:`i` becomes the
+    slice of the one sample :math:`i` (negative too); slices and index tensors pass."""
+    if isinstance(index, int):
+        return slice(index, index + 1 if index != -1 else None)
+    return index
 
 
 class LinearOperator(ABC):
@@ -98,9 +106,8 @@ class LinearOperator(ABC):
         itself. For a per-sample operator, `A[index](x[index]) == A(x)[index]`."""
         if self.batch_size is None:
             return self
-        if isinstance(index, int):
-            index = slice(index, index + 1 if index != -1 else None)
-        elif not isinstance(index, slice):
+        index = batch_index(index)
+        if not isinstance(index, slice):
             index = torch.as_tensor(index)
             if index.ndim != 1:
                 raise IndexError(f"expected a 1-D index over the batch, got shape {index.shape}")
