@@ -84,7 +84,9 @@ class Isotropic(Covariance):
         if not isinstance(variance, Tensor):  # a Python number: kept exact until cast
             variance = torch.tensor(float(variance), dtype=torch.float64)
         if variance.ndim != 0:
-            raise ValueError(f"an isotropic variance is a scalar, got shape {tuple(variance.shape)}")
+            raise ValueError(
+                f"an isotropic variance is a scalar, got shape {tuple(variance.shape)}"
+            )
         if not bool(torch.isfinite(variance) & (variance > 0)):
             raise ValueError(f"cov_y must be positive and finite, got {variance.item()}")
         self.variance = variance
