@@ -223,9 +223,12 @@ def gmres(
     basis :math:`V_k` of the Krylov space :math:`\mathcal{K}_k(C, b)` and the Hessenberg
     :math:`\bar{H}_k \in \mathbb{R}^{(k+1) \times k}` with :math:`C V_k = V_{k+1} \bar{H}_k`;
     then :math:`x = V_k y` with :math:`y` minimizing :math:`\|\beta e_1 - \bar{H}_k y\|`,
-    solved as :math:`\bar{H}_k = Q R`, :math:`(R + \epsilon I) y = \beta Q^T e_1` with
+    solved as :math:`\bar{H}_k = Q R` with :math:`R`'s diagonal non-negative (as the
+    benchmark's Givens rotations give it), :math:`(R + \epsilon I) y = \beta Q^T e_1` with
     :math:`\epsilon` = `regularization` (the benchmark's 1e-6, which also absorbs a breakdown:
-    when the Krylov space stops growing, :math:`R` is singular).
+    when the Krylov space stops growing, :math:`R` is singular). With a positive diagonal the
+    regularization shrinks the solution, as the benchmark's does; with Householder's signs as
+    they come it could enlarge it.
 
     Warning:
         The number of iterations is fixed (no tolerance, no host synchronization); the cost is
@@ -280,7 +283,12 @@ def gmres(
         V.append(normalized(w, h))
 
     Q, R = torch.linalg.qr(H)  # (rows, k + 1, k), (rows, k, k)
-    g = beta[:, None] * Q[:, 0, :]  # Qᵀ (β e_1)
+    # Householder QR may return negative diagonal entries; the benchmark's Givens rotations
+    # give a positive diagonal, the factorization that "+ ε I" shrinks. Flip rows to match it:
+    # with S = sign(diag R) (0 -> 1), H = (Q S)(S R) and S R has a non-negative diagonal.
+    S = torch.where(R.diagonal(dim1=-2, dim2=-1) < 0, -1.0, 1.0).to(accumulate)  # (rows, k)
+    R = S[..., None] * R
+    g = S * beta[:, None] * Q[:, 0, :]  # (Q S)ᵀ (β e_1)
     eye = torch.eye(k, dtype=accumulate, device=b.device)
     y = torch.linalg.solve_triangular(R + regularization * eye, g[..., None], upper=True)
     x = torch.einsum("rk,krn->rn", y[..., 0], torch.stack(V[:k]))

@@ -1,5 +1,6 @@
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
@@ -241,3 +242,56 @@ def test_gmres_batch_modes_dtype_and_breakdown(gen):
     torch.testing.assert_close(x, b, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="iterations must be a positive"):
         gmres(lambda v: v, b, 0)
+
+
+def _givens_gmres(C: np.ndarray, b: np.ndarray, k: int, eps: float) -> np.ndarray:
+    """GMRES with the least-squares problem reduced by Givens rotations (each makes the new
+    diagonal entry √(a² + c²) ≥ 0), then (R + εI) y = g: the posterior-sampling benchmark's
+    convention, written independently of emdm (numpy, classical loops)."""
+    n = len(b)
+    beta = np.linalg.norm(b)
+    V, H = np.zeros((k + 1, n)), np.zeros((k + 1, k))
+    V[0] = b / beta
+    for j in range(k):
+        w = C @ V[j]
+        for i in range(j + 1):
+            H[i, j] = V[i] @ w
+            w = w - H[i, j] * V[i]
+        H[j + 1, j] = np.linalg.norm(w)
+        V[j + 1] = w / H[j + 1, j] if H[j + 1, j] > 0 else 0
+    R, g = H.copy(), np.zeros(k + 1)
+    g[0] = beta
+    for j in range(k):
+        a, c = R[j, j], R[j + 1, j]
+        rho = np.hypot(a, c)
+        cs, sn = a / rho, c / rho
+        G = np.array([[cs, sn], [-sn, cs]])
+        R[[j, j + 1], :] = G @ R[[j, j + 1], :]
+        g[[j, j + 1]] = G @ g[[j, j + 1]]
+    y = np.linalg.solve(R[:k] + eps * np.eye(k), g[:k])
+    return V[:k].T @ y
+
+
+def test_gmres_regularization_shrinks_as_the_benchmarks_positive_diagonal_does(gen):
+    # C = diag(1, 1e-3), b = (1, 1), two iterations: the exact x_2 = 1000; the benchmark's
+    # Givens factor has a positive diagonal and its + 1e-6 I shrinks the solution (≈ 999.3);
+    # Householder's R as it comes can have a negative diagonal, where + 1e-6 I enlarges it
+    from emdm.solvers import gmres
+
+    C = torch.diag(torch.tensor([1.0, 1e-3], dtype=torch.float64))[None]
+    b = torch.ones((1, 2), dtype=torch.float64)
+    x = gmres(batched(C), b, 2, regularization=1e-6)[0]
+    exact = gmres(batched(C), b, 2, regularization=0.0)[0]
+    torch.testing.assert_close(exact, torch.tensor([1.0, 1000.0], dtype=torch.float64))
+    assert x[1] < 1000.0
+    reference = _givens_gmres(C[0].numpy(), b[0].numpy(), 2, 1e-6)
+    np.testing.assert_allclose(x.numpy(), reference, rtol=1e-9, atol=0)
+    # and on random non-symmetric systems, every k
+    B, N = 4, 6
+    C = nonsymmetric(B, N, gen)
+    b = torch.randn((B, N), generator=gen, dtype=torch.float64)
+    for k in range(1, N + 1):
+        x = gmres(batched(C), b, k, regularization=1e-6)
+        for i in range(B):
+            reference = _givens_gmres(C[i].numpy(), b[i].numpy(), k, 1e-6)
+            np.testing.assert_allclose(x[i].numpy(), reference, rtol=1e-9, atol=1e-12)
