@@ -1,0 +1,33 @@
+"""The figures drawn from data alone: Figure 11 (MRI slices)."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from emdm.data import write_fake_fastmri
+from emdm.errors import UserError
+from reproduce import fig11
+
+
+def test_fig11_quick_draws_normalized_phantoms(tmp_path):
+    assert fig11.main(["--quick", "--quiet", "--out", str(tmp_path)]) == 0
+    for suffix in (".png", ".csv", ".json"):
+        assert (tmp_path / f"fig11_quick{suffix}").exists()
+    frame = pd.read_csv(tmp_path / "fig11_quick.csv")
+    assert frame.slice.nunique() == 16
+    # the loader's normalization: a background at -2 on every slice, intensities in [-2, 2]
+    assert (frame.query("metric == 'background'").value > 0.1).all()
+    assert json.loads((tmp_path / "fig11_quick.json").read_text())["scale"] == "quick"
+
+
+def test_fig11_reads_fastmri_volumes_and_names_a_missing_folder(tmp_path):
+    write_fake_fastmri(tmp_path / "data" / "singlecoil_train", 2, slices=45, size=32,
+                       generator=torch.Generator().manual_seed(0))  # fmt: skip
+    args = ["--data-dir", str(tmp_path / "data"), "--size", "32", "--slices", "4", "--quiet"]
+    assert fig11.main([*args, "--out", str(tmp_path / "out")]) == 0
+    frame = pd.read_csv(tmp_path / "out" / "fig11.csv")
+    assert frame.slice.nunique() == 4
+    with pytest.raises((FileNotFoundError, UserError), match="singlecoil_train"):
+        fig11.main(["--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "o2")])
