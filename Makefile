@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup lint bench clean
+.PHONY: demo test setup lint bench clean reproduce
 
 setup: $(STAMP)
 
@@ -20,6 +20,11 @@ $(STAMP): pyproject.toml
 # its last complete EM iteration, or re-reports a finished one.
 demo: $(STAMP)
 	$(VENV)/bin/python reproduce/fig3.py --quick --resume
+
+# Every quick result of results/ and the seconds-long paper figures, one item after the other
+# (about an hour on 2 cores); a second run continues the long ones where they stopped.
+reproduce: $(STAMP)
+	$(VENV)/bin/python -m reproduce all
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .

@@ -31,3 +31,19 @@ def test_fig11_reads_fastmri_volumes_and_names_a_missing_folder(tmp_path):
     assert frame.slice.nunique() == 4
     with pytest.raises((FileNotFoundError, UserError), match="singlecoil_train"):
         fig11.main(["--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "o2")])
+
+
+def test_reproduce_all_runs_items_in_order_and_records_their_times(tmp_path, capsys):
+    from reproduce.__main__ import ITEMS
+    from reproduce.__main__ import main as reproduce
+
+    assert reproduce(["--list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(f"{item}:" in listed for item in ITEMS)
+    assert "fig3.py --quick --resume" in listed
+    with pytest.raises(UserError, match="unknown items"):
+        reproduce(["fig99"])
+    assert reproduce(["fig11", "--out", str(tmp_path), "--quiet"]) == 0
+    assert "[1/1] fig11 done in" in capsys.readouterr().out
+    times = pd.read_csv(tmp_path / "reproduce_quick.csv")
+    assert list(times.item) == ["fig11"] and (tmp_path / "fig11_quick.png").exists()
