@@ -32,6 +32,7 @@ ITEMS: dict[str, tuple[str, ...]] = {
     "fig1": ("fig1.py",),
     "fig7": ("fig7.py",),
     "fig11": ("fig11.py", "--quick"),
+    "tables23": ("tables23.py",),
     "fig2": ("fig2.py", "--quick"),
     "table5": ("table5.py", "--quick"),
     "table4": ("table4.py", "--quick"),
