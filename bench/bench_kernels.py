@@ -23,8 +23,7 @@ from emdm.kernels.cg import cg_update
 from emdm.kernels.mri import mri_adjoint, mri_forward
 from emdm.nn import TimeMLP
 
-from .common import Bounded, median_ms, synchronizer
-from .kernel_problems import cg_bytes, cg_state, mri_bytes, mri_problem
+from .common import Bounded, cg_bytes, cg_state, median_ms, mri_bytes, mri_problem, synchronizer
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -27,8 +27,15 @@ import time
 
 import torch
 
-from bench.common import conditions, median_ms
-from bench.kernel_problems import cg_bytes, cg_state, copy_bandwidth, mri_bytes, mri_problem
+from bench.common import (
+    cg_bytes,
+    cg_state,
+    conditions,
+    copy_bandwidth,
+    median_ms,
+    mri_bytes,
+    mri_problem,
+)
 from emdm.config import DEVICE, POSITIVE, Checked, at_least, config_dict, option, parse_config
 from emdm.kernels.cg import cg_update
 from emdm.kernels.mri import mri_adjoint, mri_forward

@@ -5,8 +5,8 @@ A PyTorch implementation of Rozet et al. (2024), https://arxiv.org/abs/2405.1371
 
 from .denoisers import EDMDenoiser, GaussianDenoiser, GaussianMixture, MixtureDenoiser
 from .dplr import DPLR
+from .guidance import MMPS
 from .loss import denoiser_loss
-from .mmps import MMPS
 from .operators import DenseOperator, Identity, LinearOperator, MaskOperator, MRIOperator
 from .samplers import DDIM, DDPM, VPDDIM, PredictorCorrector, sample
 from .schedule import Schedule, VESchedule, VPSchedule

@@ -33,10 +33,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .baselines import BASELINES
 from .denoisers import MixtureDenoiser
+from .guidance import BASELINES, MMPS
 from .metrics import ot_score, psnr, ssim, to_unit
-from .mmps import MMPS
 from .operators import (
     Bicubic,
     Blur,
@@ -238,8 +237,11 @@ def run_mixture(
     r"""The quick protocol, with exact answers: per task, the exact posterior of each image
     (a Gaussian mixture), then `samples` posterior samples per image by each method (all images
     in one batch) with DDIM(η), scored against the truth (PSNR, SSIM) and against the exact
-    posterior (the RMSE of the sample mean, the total variation between the mass on each
-    component and the exact masses, the debiased exact-OT score against exact samples)."""
+    posterior: `mean_rmse`, the RMSE of the sample mean; `nearest_mass_tv`, the total
+    variation :math:`\frac{1}{2} \sum_k |\hat{\pi}_k - \pi_k|` between the fraction
+    :math:`\hat{\pi}_k` of samples whose nearest prior mean (Euclidean) is :math:`\mu_k`
+    (:func:`component_masses`) and the exact posterior masses :math:`\pi_k`; `ot_score`, the
+    debiased exact-OT score against exact samples."""
     prior64 = copy.deepcopy(prior).double()
     S, size, rows = samples, truth.shape[-1], []
     for name in tasks:
@@ -269,7 +271,7 @@ def run_mixture(
                         "psnr": psnr(to_unit(xi), to_unit(t)).mean().item(),
                         "ssim": ssim(to_unit(xi), to_unit(t)).mean().item(),
                         "mean_rmse": rmse(flat.mean(0), means[i]),
-                        "mass_tv": tv.item(),
+                        "nearest_mass_tv": tv.item(),
                         "ot_score": float(ot_score(exact[i][:S], exact[i][S:], flat.double())),
                     }
                     rows += [{"task": name, "steps": n, "method": m, "image": i, "metric": k,

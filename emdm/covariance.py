@@ -16,7 +16,7 @@ Each supports `cov @ v` (:math:`\Sigma v`), `cov.solve(v)` (:math:`\Sigma^{-1} v
 `cov.to(...)` and `cov.smallest_eigenvalue()`, and checks at construction that it is finite and
 positive definite (a DPLR: a positive diagonal). :func:`as_covariance` turns the forms users
 write (a float, a tensor, a DPLR) into one of these, deciding once whether a tensor is per
-observation: it is when it has :math:`y`'s shape.
+observation: it is when its leading axis is :math:`y`'s batch.
 """
 
 __all__ = ["Covariance", "Diagonal", "Isotropic", "LowRank", "as_covariance"]
@@ -235,7 +235,8 @@ def as_covariance(cov_y: "float | Tensor | DPLR | Covariance", y: Tensor) -> Cov
     r"""The :class:`Covariance` that `cov_y` denotes for observations `y` :math:`(B, *)`,
     checked against them and cast to their dtype and device.
 
-    A positive float or 0-d tensor is :class:`Isotropic`; a tensor with the shape of `y` is a
+    A positive float or 0-d tensor is :class:`Isotropic`; a tensor of `y`'s rank whose leading
+    axis has `y`'s length :math:`N` (e.g. :math:`(N, *)` or :math:`(N, 1)`) is a
     per-observation :class:`Diagonal`, any other tensor a shared one (it must broadcast to
     `y`); a :class:`DPLR` is a :class:`LowRank`, per observation if batched.
     """
@@ -250,9 +251,13 @@ def as_covariance(cov_y: "float | Tensor | DPLR | Covariance", y: Tensor) -> Cov
         )
     elif isinstance(cov_y, int | float) or cov_y.ndim == 0:
         if isinstance(cov_y, int | float) and not (cov_y > 0 and math.isfinite(cov_y)):
-            raise ValueError(f"cov_y must be positive and finite, got {cov_y}")
+            raise ValueError(
+                f"cov_y must be a positive float (a variance σ_y²) or a covariance; as a "
+                f"number, cov_y must be positive and finite, got {cov_y}"
+            )
         out = Isotropic(torch.as_tensor(cov_y, dtype=y.dtype, device=y.device))
     else:
-        out = Diagonal(cov_y, batched=cov_y.shape == y.shape)
+        # a leading axis of length N on a tensor of y's rank indexes the observations
+        out = Diagonal(cov_y, batched=cov_y.ndim == y.ndim and len(cov_y) == len(y))
     out.check(y)
     return out.to(dtype=y.dtype, device=y.device)

@@ -23,7 +23,7 @@ References:
     | (Rozet et al., 2024) https://arxiv.org/abs/2405.13712
 """
 
-__all__ = ["EMConfig", "augment", "batch_cov_y", "e_step", "m_step", "run_em"]
+__all__ = ["EMConfig", "augment", "e_step", "m_step", "run_em"]
 
 import copy
 import dataclasses
@@ -42,9 +42,9 @@ from .config import NONNEGATIVE, POSITIVE, Checked, interval, option
 from .distributed import Context, local
 from .dplr import DPLR
 from .errors import UserError
+from .guidance import COVARIANCES, MMPS, SOLVERS
 from .loss import beta33, denoising_loss
-from .mmps import COVARIANCES, MMPS, SOLVERS
-from .operators import LinearOperator
+from .observation import Observation
 from .progress import bar
 from .runs import write_atomic
 from .samplers import sample, samplers_for
@@ -84,9 +84,10 @@ class EMConfig(Checked):
         2, "CG iterations of MMPS (paper: until converged, rtol 1e-3)", check=POSITIVE
     )
     solver: str = option(
-        "cg", "MMPS solver; dense: the exact solve, symmetrized and guarded (small y only)",
+        "cg",
+        "MMPS solver; dense: the exact solve, symmetrized and guarded (small y only)",
         choices=SOLVERS,
-    )  # fmt: skip
+    )
     # "batch" as the paper's image code: one jax cg on the batch array, one step size for all
     dot: str = option(
         "sample", "CG inner products per sample, or batch: over each E-step batch", choices=DOTS
@@ -112,12 +113,12 @@ class EMConfig(Checked):
     seed: int = option(0, "seed of the M- and E-steps' generators", check=NONNEGATIVE)
 
 
-def batch_cov_y(cov_y: float | Tensor, y: Tensor, index: slice) -> float | Tensor:
-    r"""Restricts :math:`\Sigma_y` to a batch of observations: a tensor with the shape of `y` is
-    per observation and is sliced like `y`; anything else is shared and kept."""
-    if isinstance(cov_y, Tensor) and cov_y.shape == y.shape:
-        return cov_y[index]
-    return cov_y
+def _check_observation(obs: Observation) -> None:
+    r"""Raises a `TypeError` unless `obs` is an :class:`emdm.observation.Observation`."""
+    if not isinstance(obs, Observation):
+        raise TypeError(
+            f"expected the observations as an Observation(A, y, cov_y), got {type(obs).__name__}"
+        )
 
 
 def _learning_rate(cfg: EMConfig, step: int) -> float:
@@ -158,6 +159,7 @@ def m_step(
     schedule: Schedule,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
+    *,
     ema: nn.Module | None = None,
     progress: bool = False,
     desc: str = "M-step",
@@ -207,27 +209,23 @@ def m_step(
 
 def e_step(
     denoiser: Callable[[Tensor, Tensor], Tensor],
-    A,
-    y: Tensor,
-    cov_y: float | Tensor,
+    obs: Observation,
     cfg: EMConfig,
     schedule: Schedule,
+    *,
     mean: Tensor,
     generator: torch.Generator,
-    progress: bool = False,
     covariance: str | DPLR | None = None,
     iteration: int = 0,
     ctx: Context | None = None,
+    progress: bool = False,
 ) -> tuple[Tensor, int]:
     r"""Draws one posterior sample per observation with MMPS, in batches.
 
     Arguments:
         denoiser: The prior denoiser.
-        A: The operator of all observations, indexable by sample (e.g. a per-sample
-            :class:`emdm.DenseOperator`).
-        y: The observations, with shape :math:`(N, *)`, on any device: each batch is moved to
-            the device of `mean`.
-        cov_y: The noise covariance: a float, or a per-observation tensor with shape of `y`.
+        obs: The observations :math:`(A, y, \Sigma_y)`, :math:`y` with shape :math:`(N, *)`,
+            on any device: each batch `obs[i:j]` is moved to the device of `mean`.
         cfg: The EM settings (sampler, steps, covariance, CG iterations, batch size, seeding).
         schedule: The noise schedule.
         mean: The state at :math:`t = 1` is :math:`\mu + \sigma(1) z`: the mean :math:`\mu`,
@@ -237,12 +235,14 @@ def e_step(
         covariance: MMPS's covariance, if not `cfg.covariance` (e.g. a Gaussian prior's DPLR).
         iteration: The EM iteration, part of the per-batch seeds.
         ctx: The processes that share the batches (each gets every P-th); all get every sample.
+        progress: Whether to show a progress bar.
 
     Returns:
-        The samples, with shape :math:`(N, *)`, on the device of `y`, and how often MMPS's
+        The samples, with shape :math:`(N, *)`, on the device of `obs`, and how often MMPS's
         solver guard fired (CG: non-positive curvature; dense: eigenvalues reflected above
         the floor), summed over this rank's batches.
     """
+    _check_observation(obs)
     ctx = local() if ctx is None else ctx
     if ctx.active and cfg.seeding != "batch":
         raise ValueError("a multi-process E-step needs seeding='batch'")
@@ -250,28 +250,27 @@ def e_step(
     device = mean.device
     out, guard = [], 0
     sigma_1 = schedule.sigma_ve(torch.ones((), dtype=torch.float64)).item()
-    starts = range(0, len(y), cfg.sample_batch)
+    starts = range(0, len(obs), cfg.sample_batch)
     mine = [starts[b] for b in ctx.shard(len(starts))]
     for b, i in enumerate(bar(mine, progress, desc="E-step", leave=False)):
         faults.point("e-step")
-        index = slice(i, i + cfg.sample_batch)
-        y_i = y[index].to(device)
-        c_i = batch_cov_y(cov_y, y, index)
-        c_i = c_i.to(device) if isinstance(c_i, Tensor) else c_i
-        if isinstance(A, LinearOperator):
-            A_i = A[index].to(device)
-        else:  # a callable without the contract: restricted and moved where it can be
-            A_i = A[index] if hasattr(A, "__getitem__") else A
-            A_i = A_i.to(device) if hasattr(A_i, "to") else A_i
+        A_i, y_i, cov_i = obs[i : i + cfg.sample_batch].to(device)
         posterior = MMPS(
-            denoiser, A_i, y_i, c_i, covariance, cfg.cg_iterations, solver=cfg.solver, dot=cfg.dot
+            denoiser,
+            A_i,
+            y_i,
+            cov_i,
+            covariance,
+            cfg.cg_iterations,
+            solver=cfg.solver,
+            dot=cfg.dot,
         )
         if cfg.seeding == "batch":  # (seed, iteration, global batch index): rank-independent
             batch = ctx.rank + b * ctx.world
             seed = (cfg.seed * 1_000_003 + iteration) * 1_000_003 + batch
             generator = torch.Generator(generator.device).manual_seed(seed)
         shape = (len(y_i), *mean.shape)
-        z = torch.randn(shape, generator=generator, dtype=y.dtype, device=generator.device)
+        z = torch.randn(shape, generator=generator, dtype=y_i.dtype, device=generator.device)
         x1 = mean + sigma_1 * z.to(device)
         x = sample(
             posterior,
@@ -282,9 +281,9 @@ def e_step(
             generator=generator,
             check_finite=True,
         )
-        out.append(x.to(y.device))
+        out.append(x.to(obs.device))
         guard += int(posterior.nonpositive)
-    return torch.cat(ctx.gather(out, len(starts), like=y)), guard
+    return torch.cat(ctx.gather(out, len(starts), like=obs.y)), guard
 
 
 def _write_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -313,9 +312,7 @@ def _differences(a: dict, b: dict) -> list[str]:
 
 def run_em(
     denoiser: nn.Module,
-    A,
-    y: Tensor,
-    cov_y: float | Tensor,
+    obs: Observation,
     samples: Tensor,
     cfg: EMConfig,
     schedule: Schedule,
@@ -335,9 +332,7 @@ def run_em(
 
     Arguments:
         denoiser: The denoiser to train (an `nn.Module`), initialized by the caller.
-        A: The operator of all observations, indexable by sample.
-        y: The observations, with shape :math:`(N, *)`.
-        cov_y: The noise covariance, a float or a per-observation tensor.
+        obs: The observations :math:`(A, y, \Sigma_y)`, :math:`y` with shape :math:`(N, *)`.
         samples: Samples of :math:`q_0(x \mid y_i)`, one per observation, with shape
             :math:`(N, *)`.
         cfg: The EM settings.
@@ -369,16 +364,19 @@ def run_em(
     Returns:
         The samples of the last iteration.
     """
+    _check_observation(obs)
     ctx = local() if ctx is None else ctx
     if ctx.active and cfg.seeding != "batch":
         raise ValueError("a multi-process run needs seeding='batch' (per-batch E-step seeds)")
-    if len(samples) != len(y):
-        raise ValueError(f"expected one q_0 sample per observation ({len(y)}), got {len(samples)}")
+    if len(samples) != len(obs):
+        raise ValueError(
+            f"expected one q_0 sample per observation ({len(obs)}), got {len(samples)}"
+        )
     if cfg.covariance == "cov_x" and not isinstance(prior_cov, DPLR):
         raise ValueError("covariance 'cov_x' needs prior_cov, the prior covariance as a DPLR")
     covariance = prior_cov if cfg.covariance == "cov_x" else None
     mean = torch.zeros_like(samples[0]) if mean is None else mean.reshape(samples.shape[1:])
-    generator = torch.Generator(y.device).manual_seed(cfg.seed)
+    generator = torch.Generator(obs.device).manual_seed(cfg.seed)
     ema = copy.deepcopy(denoiser).requires_grad_(False) if cfg.ema > 0 else None
     trained = ctx.wrap(denoiser)  # DistributedDataParallel in a multi-process run
     optimizer = torch.optim.Adam(denoiser.parameters(), lr=cfg.lr)
@@ -412,7 +410,7 @@ def run_em(
                 ema.load_state_dict(state["ema"])
             generator.set_state(state["generator"])
             torch.set_rng_state(state["torch_rng"])
-            samples, start = state["samples"].to(y.device), state["iteration"]
+            samples, start = state["samples"].to(obs.device), state["iteration"]
             if state.get("mean") is not None:
                 mean = state["mean"].to(mean)
         elif ctx.main:
@@ -433,15 +431,25 @@ def run_em(
             schedule,
             optimizer,
             generator,
-            ema,
-            progress,
-            f"M-step {k + 1}",
-            ctx,
+            ema=ema,
+            progress=progress,
+            desc=f"M-step {k + 1}",
+            ctx=ctx,
         )
         prior = ema if ema is not None else denoiser
         try:
-            samples, guard = e_step(prior, A, y, cov_y, cfg, schedule, mean, generator, progress,
-                                    covariance, iteration=k + 1, ctx=ctx)  # fmt: skip
+            samples, guard = e_step(
+                prior,
+                obs,
+                cfg,
+                schedule,
+                mean=mean,
+                generator=generator,
+                covariance=covariance,
+                iteration=k + 1,
+                ctx=ctx,
+                progress=progress,
+            )
         except FloatingPointError as error:
             raise FloatingPointError(f"EM iteration {k + 1}: {error}") from None
         guard = int(ctx.sum(guard))

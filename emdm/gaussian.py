@@ -12,10 +12,11 @@ the maximum-likelihood solution of Tipping & Bishop. When :math:`N < D`, the eig
 from the :math:`N \times N` Gram matrix :math:`\tilde{X} \tilde{X}^T / N` and
 :math:`q_i \propto \tilde{X}^T v_i`.
 
-The initial prior :math:`q_0` of the paper is fitted by Monte-Carlo EM from observations only:
-starting from :math:`\mathcal{N}(0, I)`, each iteration draws one posterior sample per
-observation with the exact Gaussian denoiser inside MMPS (E-step), then refits by PPCA
-(M-step).
+The initial prior :math:`q_0` of the paper is fitted by Monte-Carlo EM from observations only
+(:func:`fit_gaussian`): starting from :math:`\mathcal{N}(0, I)`, each iteration draws one
+posterior sample per observation with the exact Gaussian denoiser inside MMPS (E-step), then
+refits by PPCA (M-step). :func:`gaussian_start` is lap 0 of the paper's EM: that fit on the
+first observations, then one sample of :math:`q_0(x \mid y_i)` per observation.
 
 References:
     | Probabilistic Principal Component Analysis (Tipping & Bishop, 1999)
@@ -24,17 +25,47 @@ References:
     | (Rozet et al., 2024) https://arxiv.org/abs/2405.13712
 """
 
-__all__ = ["fit_gaussian", "ppca"]
+__all__ = ["GaussianStart", "fit_gaussian", "gaussian_start", "ppca"]
+
+import dataclasses
 
 import torch
 from torch import Tensor
 
+from .config import POSITIVE, Checked, at_least, option
 from .denoisers import GaussianDenoiser
+from .distributed import Context
 from .dplr import DPLR
-from .em import EMConfig, e_step
-from .operators import DenseOperator
+from .em import EMConfig, _check_observation, e_step
+from .observation import Observation
+from .operators import LinearOperator
 from .progress import bar
+from .samplers import samplers_for
 from .schedule import Schedule, VESchedule
+
+
+@dataclasses.dataclass
+class GaussianStart(Checked):
+    r"""The fit of :math:`q_0` (:func:`gaussian_start`); the paper's CIFAR values in the help
+    (MRI: 4096 observations, CG 5; the manifold: rank 5, CG 2, every observation)."""
+
+    rank: int = option(64, "rank of the covariance's low-rank part (paper: 64)", check=POSITIVE)
+    iterations: int = option(
+        16, "Monte-Carlo EM iterations of the fit (paper: 16)", check=POSITIVE
+    )
+    observations: int = option(
+        16384, "the first observations the fit uses (paper: 16 384)", check=at_least(2)
+    )  # PPCA needs two samples
+    # the fit's E-step starts at x_1 = mean + sigma(1) z in VE coordinates
+    sampler: str = option(
+        "ddim", "sampler of the fit's E-steps (paper: ddim)", choices=samplers_for(VESchedule)
+    )
+    steps: int = option(256, "sampler steps of the fit (paper: 256)", check=POSITIVE)
+    cg_iterations: int = option(
+        32,
+        "CG iterations of the fit only (paper: until converged, rtol 1e-3; MRI: 5)",
+        check=POSITIVE,
+    )
 
 
 def ppca(X: Tensor, rank: int) -> tuple[Tensor, DPLR]:
@@ -71,13 +102,11 @@ def ppca(X: Tensor, rank: int) -> tuple[Tensor, DPLR]:
 
 
 def fit_gaussian(
-    A,
-    y: Tensor,
-    cov_y: float | Tensor,
+    obs: Observation,
     rank: int,
-    iterations: int = 16,
     *,
-    shape: tuple[int, ...] | None = None,
+    shape: tuple[int, ...],
+    iterations: int = 16,
     schedule: Schedule | None = None,
     sampler: str = "ddim",
     steps: int = 256,
@@ -90,13 +119,12 @@ def fit_gaussian(
     :math:`y_i = A_i x_i + \varepsilon_i` by Monte-Carlo EM (protocols §1.9).
 
     Arguments:
-        A: The per-observation matrices, with shape :math:`(N, M, D)`, or an operator of all
-            observations indexable by sample (e.g. a per-sample :class:`emdm.MaskOperator`).
-        y: The observations, with shape :math:`(N, M)` or :math:`(N, *)` for an operator.
-        cov_y: The noise covariance: a float or a diagonal broadcastable to `y`.
+        obs: The observations :math:`(A, y, \Sigma_y)`, e.g. `Observation(DenseOperator(A), y,
+            cov_y)` with per-observation matrices :math:`A` of shape :math:`(N, M, D)`. The fit
+            runs on the device of `obs`.
         rank: The PPCA rank.
+        shape: The event shape of :math:`x`, e.g. :math:`(D,)` or :math:`(C, H, W)`.
         iterations: The number of EM iterations (16 in the paper).
-        shape: The event shape of :math:`x` (e.g. :math:`(C, H, W)`), needed with an operator.
         schedule: The noise schedule of the E-step's sampler. Defaults to :class:`VESchedule`.
         sampler: The E-step's sampler (the paper's experiments use DDIM with 256 steps).
         steps: The sampler's steps.
@@ -106,27 +134,86 @@ def fit_gaussian(
         progress: Whether to show a progress bar over EM iterations.
 
     Returns:
-        The mean, with the event shape (:math:`(D,)` for matrices), and the covariance, a
-        DPLR of size :math:`D`.
+        The mean, with shape `shape`, and the covariance, a DPLR of size
+        :math:`D = \prod` `shape`.
     """
-    if isinstance(A, Tensor):
-        if A.ndim != 3 or y.shape != A.shape[:2]:
-            raise ValueError(
-                f"expected A (N, M, D) and y (N, M), got {tuple(A.shape)}, {tuple(y.shape)}"
-            )
-        shape, A = (A.shape[-1],), DenseOperator(A)
-    elif shape is None:
-        raise ValueError("fit_gaussian needs the event shape of x (shape=...) with an operator")
+    _check_observation(obs)
+    shape = tuple(shape)
+    if isinstance(obs.A, LinearOperator):
+        event = tuple(obs.A.in_shape_of(tuple(obs.y.shape))[1:])
+        if event != shape:
+            raise ValueError(f"the operator maps x of event shape {event}, got shape={shape}")
     schedule = VESchedule() if schedule is None else schedule
     cfg = EMConfig(
         sampler=sampler, steps=steps, cg_iterations=cg_iterations, sample_batch=batch_size
     )
-    generator = torch.Generator().manual_seed(0) if generator is None else generator
-    mu = torch.zeros(shape, dtype=y.dtype, device=y.device)
-    cov = DPLR(torch.ones(mu.numel(), dtype=y.dtype, device=y.device))
+    generator = torch.Generator(obs.device).manual_seed(0) if generator is None else generator
+    mu = torch.zeros(shape, dtype=obs.dtype, device=obs.device)
+    cov = DPLR(torch.ones(mu.numel(), dtype=obs.dtype, device=obs.device))
     for _ in bar(range(iterations), progress, desc="fit_gaussian"):
         prior = GaussianDenoiser(mu, cov)
-        x, _ = e_step(prior, A, y, cov_y, cfg, schedule, mu, generator, covariance=cov)
+        x, _ = e_step(prior, obs, cfg, schedule, mean=mu, generator=generator, covariance=cov)
         mu, cov = ppca(x, rank)
         mu = mu.reshape(shape)
     return mu, cov
+
+
+def gaussian_start(
+    obs: Observation,
+    shape: tuple[int, ...],
+    start: GaussianStart,
+    cfg: EMConfig,
+    schedule: Schedule,
+    *,
+    generator: torch.Generator,
+    ctx: Context | None = None,
+    progress: bool = False,
+) -> tuple[Tensor, DPLR, Tensor]:
+    r"""Lap 0 of the paper: fits :math:`q_0 = \mathcal{N}(\mu_0, \Sigma_0)` to the first
+    `start.observations` observations (:func:`fit_gaussian`), then draws one posterior sample
+    per observation under it, with MMPS and the exact covariance
+    :math:`V_t = (\Sigma_0^{-1} + \sigma_t^{-2} I)^{-1}` (the laps' sampler and solver).
+
+    Arguments:
+        obs: All observations :math:`(A, y, \Sigma_y)`, :math:`y` with shape :math:`(N, *)`.
+        shape: The event shape of :math:`x`.
+        start: The fit's settings.
+        cfg: The laps' settings, which lap 0's E-step uses.
+        schedule: The noise schedule.
+        generator: The generator of every draw, on the device where they run; every rank of a
+            multi-process run seeds it alike and fits the same :math:`q_0`.
+        ctx: The processes that share lap 0's E-step.
+        progress: Whether to show progress bars.
+
+    Returns:
+        The mean :math:`\mu_0` with shape `shape`, the covariance :math:`\Sigma_0` and the
+        samples :math:`(N, *)` on the device of `obs`.
+    """
+    _check_observation(obs)
+    head = obs[: min(start.observations, len(obs))].to(generator.device)
+    mean, cov = fit_gaussian(
+        head,
+        start.rank,
+        shape=shape,
+        iterations=start.iterations,
+        schedule=schedule,
+        sampler=start.sampler,
+        steps=start.steps,
+        cg_iterations=start.cg_iterations,
+        batch_size=cfg.sample_batch,
+        generator=generator,
+        progress=progress,
+    )
+    samples, _ = e_step(
+        GaussianDenoiser(mean, cov),
+        obs,
+        cfg,
+        schedule,
+        mean=mean,
+        generator=generator,
+        covariance=cov,
+        iteration=0,
+        ctx=ctx,
+        progress=progress,
+    )
+    return mean, cov, samples

@@ -58,7 +58,7 @@ from .config import (
     parse_config,
 )
 from .denoisers import GaussianMixture, MixtureDenoiser
-from .mmps import COVARIANCES, MMPS
+from .guidance import COVARIANCES, MMPS
 from .operators import DenseOperator
 from .provenance import write_results
 from .publish import check_writable
@@ -137,30 +137,15 @@ def _summary(rows: list[dict]) -> str:
     return table[["mean_error", "mass_tv", "mean_mc_se"]].to_string(float_format="%.4f")
 
 
-def main(argv: list[str] | None = None) -> int:
-    r"""Runs the check with the flags `argv` (default: the command line).
-
-    Returns:
-        0, or 1 if a metric is not finite (the files are written all the same).
-    """
-    cfg = parse_config(MMPSCheckConfig, argv, prog="python -m emdm mmps-check")
-    if cfg.dry_run:
-        print(json.dumps(config_dict(cfg), indent=2))
-        return 0
-
-    check_writable(cfg.out)  # before the sampling, not after
-    start = time.perf_counter()
-    problem = torch.Generator().manual_seed(cfg.seed)
-    prior, A, y = _problem(cfg, problem)
+def _draw(cfg: MMPSCheckConfig, prior: MixtureDenoiser, A: Tensor, y: Tensor, x1: Tensor) -> dict:
+    r"""Draws `cfg.samples` MMPS posterior samples per observation with each covariance, on
+    `cfg.device`; returns them by covariance, with shape (N, S, D), on the CPU."""
     N, S, D = cfg.observations, cfg.samples, cfg.features
-    posterior = prior.posterior(A, y, cfg.sigma_y**2)
-    x1 = 100 * torch.randn((N * S, D), generator=problem, dtype=A.dtype)  # σ(1) = 100
     # the problem is drawn on the CPU, so that it does not depend on the device
     device = torch.device(cfg.device)
     prior_d, x1 = prior.to(device), x1.to(device)
     A_rep = DenseOperator(A.repeat_interleave(S, dim=0).to(device))  # (N S, 1, D)
     y_rep = y.repeat_interleave(S, dim=0).to(device)  # (N S, 1)
-
     samples = {}
     for covariance in cfg.covariances:
         mmps = MMPS(
@@ -177,19 +162,59 @@ def main(argv: list[str] | None = None) -> int:
             progress=not cfg.quiet,
         )
         samples[covariance] = x.reshape(N, S, D).cpu()
-    samples["exact"] = posterior.sample(S, generator=problem)
+    return samples
 
-    mc_se = (posterior.covariance().diagonal(dim1=-2, dim2=-1).sum(-1) / S).sqrt()
+
+def _rows(cfg: MMPSCheckConfig, samples: dict, posterior: GaussianMixture) -> list[dict]:
+    r"""The tidy rows: each metric of each observation, per covariance (and `"exact"`)."""
+    mc_se = (posterior.covariance().diagonal(dim1=-2, dim2=-1).sum(-1) / cfg.samples).sqrt()
     rows = []
     for covariance, x in samples.items():
         metrics = {**_metrics(x, posterior), "mean_mc_se": mc_se}
         ident = {"sampler": cfg.sampler, "steps": cfg.steps, "iterations": cfg.iterations}
         if covariance == "exact":
             ident = {"sampler": "exact", "steps": None, "iterations": None}
-        for n in range(N):
+        for n in range(cfg.observations):
             for metric, values in metrics.items():
                 row = {"covariance": covariance, "observation": n, "metric": metric}
                 rows.append({**row, "value": float(values[n]), **ident, "seed": cfg.seed})
+    return rows
+
+
+def _report(cfg: MMPSCheckConfig, rows: list[dict], csv, wall_time: float) -> int:
+    r"""Prints the summary (unless quiet); returns 1 if a metric is not finite, else 0."""
+    if not cfg.quiet:
+        N, S = cfg.observations, cfg.samples
+        print(f"median over {N} observations, {S} samples each ({cfg.sampler}, {cfg.steps} steps)")
+        print(_summary(rows))
+        print(f"wall time {wall_time:.1f} s; wrote {csv} and {csv.with_suffix('.json')}")
+    if not all(math.isfinite(row["value"]) for row in rows):
+        print(f"error: non-finite metrics in {csv}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    r"""Runs the check with the flags `argv` (default: the command line).
+
+    Returns:
+        0, or 1 if a metric is not finite (the files are written all the same).
+    """
+    cfg = parse_config(MMPSCheckConfig, argv, prog="python -m emdm mmps-check")
+    if cfg.dry_run:
+        print(json.dumps(config_dict(cfg), indent=2))
+        return 0
+
+    check_writable(cfg.out)  # before the sampling, not after
+    start = time.perf_counter()
+    problem = torch.Generator().manual_seed(cfg.seed)
+    prior, A, y = _problem(cfg, problem)
+    posterior = prior.posterior(A, y, cfg.sigma_y**2)
+    shape = (cfg.observations * cfg.samples, cfg.features)
+    x1 = 100 * torch.randn(shape, generator=problem, dtype=A.dtype)  # σ(1) = 100
+    samples = _draw(cfg, prior, A, y, x1)
+    samples["exact"] = posterior.sample(cfg.samples, generator=problem)
+    rows = _rows(cfg, samples, posterior)
 
     wall_time = time.perf_counter() - start
     csv, _ = write_results(
@@ -199,14 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         wall_time=wall_time,
         out_dir=cfg.out,
         quick=True,
-        device=device,
+        device=torch.device(cfg.device),
         extra={"note": "covariance 'exact' rows use exact posterior samples (reference)"},
     )
-    if not cfg.quiet:
-        print(f"median over {N} observations, {S} samples each ({cfg.sampler}, {cfg.steps} steps)")
-        print(_summary(rows))
-        print(f"wall time {wall_time:.1f} s; wrote {csv} and {csv.with_suffix('.json')}")
-    if not all(math.isfinite(row["value"]) for row in rows):
-        print(f"error: non-finite metrics in {csv}", file=sys.stderr)
-        return 1
-    return 0
+    return _report(cfg, rows, csv, wall_time)

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from .metrics.image import to_unit
+
 
 def figure(rows: int, cols: int, size: tuple[float, float]) -> tuple[Figure, np.ndarray]:
     r"""Returns a figure and its axes as a :math:`(rows, cols)` array."""
@@ -84,13 +86,16 @@ def pairs(
     return fig
 
 
-def image_grid(panels: dict[str, torch.Tensor], columns: int = 8, rows: int = 2) -> Figure:
+def image_grid(
+    panels: dict[str, torch.Tensor], columns: int = 8, rows: int = 2, pixels: str = "paper"
+) -> Figure:
     r"""One block of images per panel (a row of blocks), each block `rows` x `columns` images of
-    shape :math:`(C, H, W)` or :math:`(H, W)` in :math:`[-2, 2]`, titled by its key."""
+    shape :math:`(C, H, W)` or :math:`(H, W)` in the pixel range named `pixels` (see
+    :func:`emdm.metrics.to_unit`; the default, :math:`[-2, 2]`), titled by its key."""
     width = max(2.2 * columns / 8, 1.6)  # narrow blocks still leave room for their titles
     fig, axes = figure(1, len(panels), (width * len(panels), 2.2 * rows / 2 + 0.4))
     for ax, (name, x) in zip(axes[0], panels.items(), strict=True):
-        x = ((x[: rows * columns].float() + 2) / 4).clamp(0, 1)
+        x = to_unit(x[: rows * columns].float(), pixels)
         if x.ndim == 3:
             x = x[:, None]
         n, C, H, W = x.shape

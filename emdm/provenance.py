@@ -8,7 +8,7 @@ the run's figures and arrays are published together (:class:`emdm.publish.Public
 leaves the former set or the new one, never a mix.
 """
 
-__all__ = ["append_jsonl", "code_version", "provenance", "read_jsonl", "write_results"]
+__all__ = ["code_version", "provenance", "write_results"]
 
 import contextlib
 import datetime
@@ -137,39 +137,6 @@ def code_version() -> dict[str, Any]:
     }
 
 
-def append_jsonl(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
-    r"""Appends `rows` to a JSON-lines log, one line each, in one write. A last line that a
-    killed writer left without its newline is cut first, so that no row is glued to it."""
-    path = Path(path)
-    if path.exists():
-        with open(path, "rb+") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            if size:
-                f.seek(max(0, size - 1))
-                if f.read(1) != b"\n":  # cut back to the last complete line
-                    f.seek(0)
-                    data = f.read()
-                    f.seek(0)
-                    f.truncate(data.rfind(b"\n") + 1)
-    text = "".join(json.dumps(row, default=float) + "\n" for row in rows)
-    with open(path, "a") as f:
-        f.write(text)
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    r"""The rows of a JSON-lines log (one object per non-empty line), `[]` if there is none.
-    A last line without its newline, cut short by a killed writer, is left out."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    text = path.read_text()
-    lines = text.split("\n")
-    if not text.endswith("\n"):
-        lines = lines[:-1]
-    return [json.loads(line) for line in lines if line.strip()]
-
-
 def write_results(
     name: str,
     rows: list[dict[str, Any]],
@@ -182,6 +149,7 @@ def write_results(
     device: torch.device | str | None = None,
     figures: Mapping[str, Figure] | None = None,
     arrays: Mapping[str, np.ndarray] | None = None,
+    texts: Mapping[str, str] | None = None,
     segments: list[dict[str, Any]] | None = None,
 ) -> tuple[Path, Path]:
     r"""Publishes `<out_dir>/<name>.csv`, `<out_dir>/<name>.json` and the run's figures and
@@ -198,6 +166,7 @@ def write_results(
         device: The device of the run, for the provenance.
         figures: Figures to publish with the tables, by file name (saved as PNG, 150 dpi).
         arrays: Arrays to publish with them, by file name (saved with `np.save`).
+        texts: Text files to publish with them (e.g. Markdown tables), by file name.
         segments: For a run done in several processes (killed and resumed), each process's
             code version, start and wall time (:class:`emdm.runs.RunFolder`).
 
@@ -238,6 +207,8 @@ def write_results(
             fig.savefig(path, dpi=150, bbox_inches="tight", metadata={"Software": None})
         for filename, array in (arrays or {}).items():
             np.save(pub.path(filename), array)
+        for filename, text in (texts or {}).items():
+            pub.path(filename).write_text(text, encoding="utf-8")
         pub.write_json(f"{name}.json", meta)
     out_dir = pub.out_dir
     return out_dir / f"{name}.csv", out_dir / f"{name}.json"

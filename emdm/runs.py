@@ -8,7 +8,8 @@ that `<out>` only ever holds complete results. The folder holds
   and its *segments*, one per process that worked on it (a killed run resumed is two), each
   with the code version (commit, dirty, hash of the difference), the start time and the wall
   time so far;
-* `metrics.jsonl`: the run's measurements, one JSON object per line, appended as they come;
+* `metrics.jsonl`: the run's measurements, one JSON object per line, appended as they come
+  (:class:`MetricsLog`);
 * the checkpoints that the run writes (`last.pt`, `q0.pt`, ...).
 
 Opening the folder (:meth:`RunFolder.__init__`) does every check before any work: it takes an
@@ -18,7 +19,7 @@ keys), a resume with other code than the run started with (naming both commits: 
 of two versions of the code is not reproducible), and unreadable checkpoints (naming the file).
 """
 
-__all__ = ["RunFolder", "write_atomic"]
+__all__ = ["MetricsLog", "RunFolder", "write_atomic"]
 
 import contextlib
 import datetime
@@ -36,7 +37,7 @@ import torch
 
 from .checks import load_torch
 from .errors import UserError
-from .provenance import append_jsonl, code_version, read_jsonl
+from .provenance import code_version
 
 
 def _now() -> str:
@@ -58,6 +59,68 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+class MetricsLog:
+    r"""A log of measurements in a JSON-lines file: one JSON object (a row) per line.
+
+    Rows are appended as they come, all of one call in one write (:meth:`log`), or a whole set
+    replaces the file at once (:meth:`write`). A writer killed mid-line leaves a last line
+    without its newline: :meth:`rows` leaves it out and the next :meth:`log` cuts it first, so
+    that no row is glued to it. Of rows that agree on their key, :meth:`rows` keeps the last: a
+    lap redone after a resume replaces the killed attempt's rows.
+
+    Arguments:
+        path: The file (its folder must exist when a row is written).
+        key: The columns that identify a row; `None`: every column but `value`.
+    """
+
+    def __init__(self, path: str | os.PathLike, key: tuple[str, ...] | None = None):
+        self.path, self.key = Path(path), key
+
+    def exists(self) -> bool:
+        r"""Whether the file exists (a :meth:`write` made it whole, or a :meth:`log` began it)."""
+        return self.path.exists()
+
+    def log(self, rows: list[dict[str, Any]]) -> None:
+        r"""Appends `rows`, one line each, in one write, after cutting a last line that a killed
+        writer left without its newline."""
+        if self.path.exists():
+            with open(self.path, "rb+") as f:
+                size = f.seek(0, os.SEEK_END)
+                if size:
+                    f.seek(size - 1)
+                    if f.read(1) != b"\n":  # cut back to the last complete line
+                        f.seek(0)
+                        f.truncate(f.read().rfind(b"\n") + 1)
+        with open(self.path, "a") as f:
+            f.write(_lines(rows))
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        r"""Replaces the file by `rows`, atomically: a reader sees all of them or the former
+        file (:func:`write_atomic`)."""
+        text = _lines(rows)
+        write_atomic(self.path, lambda p: p.write_text(text))
+
+    def rows(self, key: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+        r"""The rows, in order of first appearance; of rows that agree on `key` (default: the
+        log's), the last. `[]` if there is no file."""
+        if not self.path.exists():
+            return []
+        text = self.path.read_text()
+        lines = text.split("\n")
+        if not text.endswith("\n"):  # cut short by a killed writer
+            lines = lines[:-1]
+        key = key or self.key
+        kept: dict[tuple, dict[str, Any]] = {}
+        for row in (json.loads(line) for line in lines if line.strip()):
+            columns = key or tuple(sorted(k for k in row if k != "value"))
+            kept[tuple((c, json.dumps(row.get(c))) for c in columns)] = row
+        return list(kept.values())
+
+
+def _lines(rows: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(row, default=float) + "\n" for row in rows)
 
 
 class RunFolder:
@@ -85,6 +148,7 @@ class RunFolder:
         main: bool = True,
     ):
         self.path, self.main = Path(path), main
+        self.metrics = MetricsLog(self.path / "metrics.jsonl")
         self.identity = _json(identity)
         self.started = time.perf_counter()
         self._lock = None
@@ -202,17 +266,13 @@ class RunFolder:
         segment's wall time."""
         if not self.main:
             return
-        append_jsonl(self.path / "metrics.jsonl", rows)
+        self.metrics.log(rows)
         self._save()
 
     def rows(self, key: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
         r"""The rows logged, in order; of rows that agree on every column but `value` (or on
         `key`), the last: a lap redone after a resume replaces the killed attempt's rows."""
-        kept: dict[tuple, dict[str, Any]] = {}
-        for row in read_jsonl(self.path / "metrics.jsonl"):
-            columns = key or tuple(sorted(k for k in row if k != "value"))
-            kept[tuple((c, json.dumps(row.get(c))) for c in columns)] = row
-        return list(kept.values())
+        return self.metrics.rows(key)
 
     def cached(self, filename: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         r"""The tensors of `<folder>/<filename>`, or, if absent, `compute()`'s, saved there

@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from .denoisers.base import SplitDenoiser
 from .progress import bar
 from .schedule import Schedule, VPSchedule
 
@@ -232,8 +233,11 @@ class VPDDIM(Sampler):
     :math:`c_s \Delta` to :math:`x_s`, with
     :math:`c_s = \partial x_s / \partial \hat{x} = \sqrt{\bar{\alpha}_s}
     - \sqrt{1 - \bar{\alpha}_s - \varsigma^2} \sqrt{\bar{\alpha}_t / (1 - \bar{\alpha}_t)}`,
-    the benchmark's weighting; a baseline of :mod:`emdm.baselines` (it has `parts`) adds
-    :math:`\kappa \Delta` with its own benchmark weight :math:`\kappa`.
+    the benchmark's weighting. A :class:`emdm.denoisers.SplitDenoiser` instead gives
+    :math:`\hat{x}` and :math:`\Delta` apart (`split`), and :math:`x_s` receives
+    :math:`\kappa \Delta` with the weight :math:`\kappa` it states (`vp_weight`, given
+    :math:`\bar{\alpha}_t`, :math:`\bar{\alpha}_s` and :math:`c_s`): the step is then
+    computed from :math:`\hat{x}`, and :math:`\Delta` enters only through :math:`\kappa`.
 
     Arguments:
         denoiser: A denoiser :math:`d(\tilde{x}_t, \tilde{\sigma}_t)` in VE coordinates.
@@ -276,14 +280,13 @@ class VPDDIM(Sampler):
 
     def step(self, x_t: Tensor, t: float, s: float, generator: Generator = None) -> Tensor:
         a_t, a_s, k, std = self.coefficients(t, s)
-        parts = getattr(self.denoiser, "parts", None)  # a baseline (emdm.baselines.Guidance)
-        if parts is None:
-            x_hat, delta = self.denoise(x_t / a_t, t), None
+        if isinstance(self.denoiser, SplitDenoiser):
+            x_hat, delta = self.denoiser.split(x_t / a_t, self.sigma(t, x_t))
         else:
-            x_hat, delta = parts(x_t / a_t, self.sigma(t, x_t))
+            x_hat, delta = self.denoise(x_t / a_t, t), None
         x_s = a_s * x_hat + k * (x_t - a_t * x_hat)
-        if delta is not None:  # the benchmark's weight of each baseline's correction
-            x_s = x_s + self.denoiser.vp_coefficient(a_t**2, a_s**2, a_s - k * a_t) * delta
+        if delta is not None:  # the correction with the weight its method states
+            x_s = x_s + self.denoiser.vp_weight(a_t**2, a_s**2, a_s - k * a_t) * delta
         return x_s + std * randn_like(x_t, generator) if std > 0 else x_s
 
 

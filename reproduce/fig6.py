@@ -37,7 +37,8 @@ from emdm.data import load_fastmri, mri_observations, phantoms, zero_filled
 from emdm.em import EMConfig, e_step
 from emdm.errors import cli
 from emdm.experiment import ResumableRun, parse_run, run_in_folder
-from emdm.metrics import psnr, ssim
+from emdm.metrics import psnr, ssim, to_unit
+from emdm.observation import Observation
 from emdm.operators import MRIOperator
 from emdm.plots import image_grid
 from emdm.prior import GaussianStart, UNetConfig, learn_prior, load_prior
@@ -99,7 +100,8 @@ PAPER = Fig6Config(
     em=EMConfig(iterations=16, train_steps=15000, batch_size=256, lr=1e-4, lr_end=1e-4, ema=0.999,
                 sampler="ddpm", steps=64, cg_iterations=3, dot="batch",
                 sample_batch=256, keep_range=0, flip=True, shift=4, seeding="batch",
-                mean_samples=16384)
+                mean_samples=16384),
+    accelerations=(4.0, 8.0, 16.0, 32.0),  # the paper's figure (protocols §5.4)
 )  # fmt: skip
 QUICK = Fig6Config(
     data="phantoms", size=32, observations=768, duplicate=1,
@@ -133,10 +135,21 @@ def _run(cfg: Fig6Config, ctx, device, out: Path, run: RunFolder) -> None:
     mask, y = mask.repeat(cfg.duplicate, 1), y.repeat(cfg.duplicate, 1, 1, 1)
     schedule = VESchedule(1e-3, 1e2)
     torch.manual_seed(cfg.seed)
-    learn_prior(cfg.net.build().to(device), MRIOperator(mask.float()), y, cfg.sigma_y**2,
-                tuple(x.shape[1:]), cfg.em, schedule, cfg.start, directory=run.path,
-                resume=run.resuming, identity=run_identity(cfg), ctx=ctx,
-                progress=not cfg.quiet, net=cfg.net)  # fmt: skip
+    obs = Observation(MRIOperator(mask.float()), y, cfg.sigma_y**2)
+    learn_prior(
+        cfg.net.build().to(device),
+        obs,
+        tuple(x.shape[1:]),
+        cfg.em,
+        schedule,
+        cfg.start,
+        directory=run.path,
+        resume=run.resuming,
+        identity=run_identity(cfg),
+        ctx=ctx,
+        progress=not cfg.quiet,
+        net=cfg.net,
+    )
     if not ctx.main:
         return
 
@@ -146,14 +159,16 @@ def _run(cfg: Fig6Config, ctx, device, out: Path, run: RunFolder) -> None:
     for R in cfg.accelerations:
         m, y_test = mri_observations(test, R, torch.Generator().manual_seed(int(R)), cfg.sigma_y)
         n = cfg.posterior_samples
-        A = MRIOperator(m.float().repeat(n, 1))
+        A = MRIOperator(m.float()).repeat(n)
+        obs = Observation(A, y_test.repeat(n, 1, 1, 1), cfg.sigma_y**2)
         g = torch.Generator(device).manual_seed(cfg.seed + int(R))
-        samples, _ = e_step(prior, A, y_test.repeat(n, 1, 1, 1), cfg.sigma_y**2, evaluation,
-                            schedule, mean, g, progress=not cfg.quiet)  # fmt: skip
+        samples, _ = e_step(
+            prior, obs, evaluation, schedule, mean=mean, generator=g, progress=not cfg.quiet
+        )
         samples = samples.reshape(n, *test.shape).cpu()
         estimates = {"posterior_mean": samples.mean(0), "zero_filled": zero_filled(y_test, m)}
         for method, estimate in estimates.items():
-            unit = [((t[:, None] + 2) / 4).clamp(0, 1) for t in (estimate, test)]
+            unit = [to_unit(t[:, None], "paper") for t in (estimate, test)]
             for metric, values in (("psnr", psnr(*unit)), ("ssim", ssim(*unit))):
                 rows.append(dict(acceleration=R, method=method, metric=metric,
                                  value=values.mean().item(), std=values.std().item()))  # fmt: skip

@@ -28,11 +28,12 @@ fig4[_quick].png (FID and IS along the laps) and fig15[_quick].png (samples of e
 """
 
 import dataclasses
-import json
+import functools
 import sys
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from emdm import VESchedule
 from emdm.config import (
@@ -50,14 +51,15 @@ from emdm.data import cifar_observations, color_shapes, load_cifar10
 from emdm.em import EMConfig, e_step
 from emdm.errors import cli
 from emdm.experiment import ResumableRun, parse_run, run_in_folder
-from emdm.metrics import frechet_distance, gaussian_statistics
-from emdm.metrics.fidelity import INCEPTION, TINY, fidelity_metrics, inception_weights_path
-from emdm.mmps import COVARIANCES
+from emdm.guidance import COVARIANCES
+from emdm.metrics import FidelityReference, posterior_calibration
+from emdm.metrics.fidelity import INCEPTION, TINY, inception_weights_path
+from emdm.observation import Observation
 from emdm.operators import MaskOperator
 from emdm.plots import image_grid, laps
 from emdm.prior import GaussianStart, UNetConfig, draw, learn_prior, load_prior
-from emdm.provenance import append_jsonl, read_jsonl, write_results
-from emdm.runs import RunFolder, write_atomic
+from emdm.provenance import write_results
+from emdm.runs import MetricsLog, RunFolder, write_atomic
 
 
 @dataclasses.dataclass
@@ -139,92 +141,109 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_run(Table1Config, argv, quick=QUICK, paper=PAPER, prog="reproduce/table1.py")
     if cfg is None:  # --dry-run
         return 0
-    if cfg.feature_extractor == "inception-v3-compat":
+    if cfg.feature_extractor == INCEPTION:
         inception_weights_path(cfg.inception_weights or None)  # missing: stop before any work
-    return run_in_folder(cfg, lambda ctx, device, out, run: _run(cfg, ctx, device, out, run))
+    return run_in_folder(cfg, functools.partial(_run, cfg))
 
 
 def _run(cfg: Table1Config, ctx, device, out: Path, folder: RunFolder) -> None:
     r"""Every run's laps in `folder`, then (rank 0) the posterior checks, published."""
+    x, images = _data(cfg)
+    schedule = VESchedule(1e-3, 1e2)
+    # the reference's statistics in the run's folder: a resume does not recompute them
+    reference = FidelityReference(images, feature_extractor=cfg.feature_extractor,
+                                  inception_weights=cfg.inception_weights or None,
+                                  device=device, cache_dir=folder.path)  # fmt: skip
+    if ctx.main:
+        _floor(cfg, folder, reference, x)
+    for percent, covariance in _runs(cfg):
+        _learn(cfg, ctx, device, folder, reference, x, schedule, percent, covariance)
+    if ctx.main:
+        _publish(cfg, out, folder, x, schedule, device)
+
+
+def _data(cfg: Table1Config) -> tuple[Tensor, Tensor]:
+    r"""The observed images and the reference of FID (synthetic: a fresh truth sample)."""
     if cfg.data == "cifar":
         train = load_cifar10(cfg.data_dir or None)
-        x, reference = train[: cfg.observations], train[: cfg.reference]
-    else:  # a fresh truth sample is the reference
-        x = color_shapes(cfg.observations, cfg.size, torch.Generator().manual_seed(cfg.seed))
-        reference = color_shapes(cfg.reference, cfg.size, torch.Generator().manual_seed(1))
-    schedule = VESchedule(1e-3, 1e2)
-    pixels = gaussian_statistics(reference.flatten(1))
+        return train[: cfg.observations], train[: cfg.reference]
+    x = color_shapes(cfg.observations, cfg.size, torch.Generator().manual_seed(cfg.seed))
+    return x, color_shapes(cfg.reference, cfg.size, torch.Generator().manual_seed(1))
 
-    def scores(samples, isc=True):  # FID and IS (torch-fidelity), Fréchet distance of pixels
-        m = fidelity_metrics(
-            samples,
-            reference,
-            feature_extractor=cfg.feature_extractor,
-            inception_weights=cfg.inception_weights or None,
-            isc=isc,
-            device=device,
-        )
-        fd = frechet_distance(*gaussian_statistics(samples.flatten(1)), *pixels)
-        extra = {"isc": m["isc_mean"]} if isc else {}
-        return {"fid": m["fid"], **extra, "fd_pixels": float(fd)}
 
-    floor = folder.path / "floor.jsonl"
-    if ctx.main and not floor.exists():  # the scores of truth itself
-        truth = load_cifar10(cfg.data_dir or None, "test") if cfg.data == "cifar" else \
-            color_shapes(cfg.eval_samples, cfg.size, torch.Generator().manual_seed(2))  # fmt: skip
-        # the E-step's: its samples equal to the images the observations were taken of
-        values = scores(truth[: cfg.eval_samples]) | {
-            f"{k}_estep": v for k, v in scores(x, isc=False).items()
-        }
-        lines = [json.dumps(dict(percent=0.0, covariance="truth", em_iteration=0,
-                                 metric=f"{k}_floor", value=v)) + "\n"
-                 for k, v in values.items()]  # fmt: skip
-        write_atomic(floor, lambda p: p.write_text("".join(lines)))
-    runs = [(p, "tweedie") for p in cfg.percents]
-    runs += [(cfg.heuristic_percent, c) for c in cfg.heuristics]
-    for percent, covariance in runs:
-        label = f"{covariance}_{percent:g}"
-        run = folder.path / label
-        mask, y = cifar_observations(x, percent, torch.Generator().manual_seed(cfg.seed + 7),
-                                     cfg.sigma_y)  # fmt: skip
-        em = dataclasses.replace(cfg.em, covariance=covariance)
+def _runs(cfg: Table1Config) -> list[tuple[float, str]]:
+    r"""The runs (percent deleted, covariance): Tweedie's at each percent, then the heuristics."""
+    tweedie = [(p, "tweedie") for p in cfg.percents]
+    return tweedie + [(cfg.heuristic_percent, c) for c in cfg.heuristics]
 
-        def evaluate(k, prior, mean, run=run, label=label):
-            gen = torch.Generator(device).manual_seed(cfg.seed + 1000 + k)
-            samples = draw(prior, mean, cfg.eval_samples, schedule, "ddim", cfg.eval_steps,
-                           cfg.em.sample_batch, gen, progress=not cfg.quiet).cpu()  # fmt: skip
-            m = scores(samples)
-            first = samples[:64].clone()
-            write_atomic(run / f"samples_{k}.pt", lambda p: torch.save(first, p))
-            if not cfg.quiet:
-                print(f"{label} lap {k}: " + ", ".join(f"{k} {v:.4g}" for k, v in m.items()))
-            return m
 
-        def callback(k, samples, metrics, run=run, percent=percent, covariance=covariance):
-            # the E-step's samples scored as the prior's: what the M-step is given to learn
-            metrics = metrics | {f"{m}_estep": v for m, v in scores(samples, isc=False).items()}
-            append_jsonl(run / "metrics.jsonl", [
-                dict(percent=percent, covariance=covariance, em_iteration=k, metric=metric,
-                     value=float(value)) for metric, value in metrics.items()])  # fmt: skip
+def _observe(cfg: Table1Config, x: Tensor, percent: float) -> tuple[Tensor, Tensor]:
+    return cifar_observations(x, percent, torch.Generator().manual_seed(cfg.seed + 7),
+                              cfg.sigma_y)  # fmt: skip
 
-        if ctx.main:
-            run.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(cfg.seed)
-        denoiser = cfg.net.build().to(device)
-        learn_prior(denoiser, MaskOperator(mask), y, cfg.sigma_y**2, tuple(x.shape[1:]), em,
-                    schedule, cfg.start, directory=run, resume=folder.resuming,
-                    identity=run_identity(cfg) | {"run": label}, callback=callback,
-                    evaluate=evaluate, ctx=ctx, progress=not cfg.quiet,
-                    net=cfg.net)  # fmt: skip
-    if not ctx.main:
+
+def _floor(cfg: Table1Config, folder: RunFolder, reference: FidelityReference, x: Tensor):
+    r"""The scores of truth itself, once: fresh truth images as the prior's samples, and the
+    observed images as the E-step's (its samples equal to the images observed)."""
+    floor = MetricsLog(folder.path / "floor.jsonl")
+    if floor.exists():
         return
-    rows, finals = read_jsonl(floor), {}
-    for percent, covariance in runs:
+    truth = load_cifar10(cfg.data_dir or None, "test") if cfg.data == "cifar" else \
+        color_shapes(cfg.eval_samples, cfg.size, torch.Generator().manual_seed(2))  # fmt: skip
+    values = reference.scores(truth[: cfg.eval_samples]) | {
+        f"{k}_estep": v for k, v in reference.scores(x, isc=False).items()
+    }
+    floor.write([dict(percent=0.0, covariance="truth", em_iteration=0, metric=f"{k}_floor",
+                      value=v) for k, v in values.items()])  # fmt: skip
+
+
+def _learn(cfg, ctx, device, folder, reference, x, schedule, percent, covariance) -> None:
+    r"""One run's laps in `<folder>/<covariance>_<percent>`, scored after each lap."""
+    label = f"{covariance}_{percent:g}"
+    run, log = folder.path / label, MetricsLog(folder.path / label / "metrics.jsonl")
+    mask, y = _observe(cfg, x, percent)
+    em = dataclasses.replace(cfg.em, covariance=covariance)
+
+    def callback(k, samples, metrics):
+        # the E-step's samples scored as the prior's: what the M-step is given to learn
+        metrics = metrics | {f"{m}_estep": v for m, v in reference.scores(samples, False).items()}
+        log.log([dict(percent=percent, covariance=covariance, em_iteration=k, metric=metric,
+                      value=float(value)) for metric, value in metrics.items()])  # fmt: skip
+
+    if ctx.main:
+        run.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    denoiser = cfg.net.build().to(device)
+    evaluate = functools.partial(_evaluate, cfg, reference, schedule, device, run, label)
+    obs = Observation(MaskOperator(mask), y, cfg.sigma_y**2)
+    learn_prior(denoiser, obs, tuple(x.shape[1:]), em, schedule, cfg.start, directory=run,
+                resume=folder.resuming, identity=run_identity(cfg) | {"run": label},
+                callback=callback, evaluate=evaluate, ctx=ctx, progress=not cfg.quiet,
+                net=cfg.net)  # fmt: skip
+
+
+def _evaluate(cfg, reference, schedule, device, run, label, k, prior, mean) -> dict:
+    r"""Lap `k`'s scores: unconditional samples (DDIM) against the reference; the first 64
+    kept for Figure 15."""
+    gen = torch.Generator(device).manual_seed(cfg.seed + 1000 + k)
+    samples = draw(prior, mean, cfg.eval_samples, schedule, "ddim", cfg.eval_steps,
+                   cfg.em.sample_batch, gen, progress=not cfg.quiet).cpu()  # fmt: skip
+    m = reference.scores(samples)
+    first = samples[:64].clone()
+    write_atomic(run / f"samples_{k}.pt", lambda p: torch.save(first, p))
+    if not cfg.quiet:
+        print(f"{label} lap {k}: " + ", ".join(f"{k} {v:.4g}" for k, v in m.items()))
+    return m
+
+
+def _publish(cfg, out: Path, folder: RunFolder, x, schedule, device) -> None:
+    r"""The runs' logs, floor and posterior checks as one table, with Figures 4 and 15."""
+    rows, finals = MetricsLog(folder.path / "floor.jsonl").rows(), {}
+    for percent, covariance in _runs(cfg):
         run = folder.path / f"{covariance}_{percent:g}"
-        # a lap redone after a resume rewrites its rows: keep the last of each
-        kept = {(r["em_iteration"], r["metric"]): r for r in read_jsonl(run / "metrics.jsonl")}
-        rows += kept.values()
-        last = max(k for k, _ in kept)
+        kept = MetricsLog(run / "metrics.jsonl").rows()  # a lap redone: its last rows
+        rows += kept
+        last = max(r["em_iteration"] for r in kept)
         finals[f"{covariance}, {percent:g} %, lap {last}"] = torch.load(run / f"samples_{last}.pt")
         rows += posterior_check(cfg, run, x, percent, covariance, last, schedule, device)
     suffix = cfg.name.removeprefix("table1")
@@ -238,20 +257,15 @@ def _run(cfg: Table1Config, ctx, device, out: Path, folder: RunFolder) -> None:
 def posterior_check(cfg, run, x, percent, covariance, lap, schedule, device) -> list[dict]:
     r"""Beyond the paper, the E-step apart from the laps: the run's final prior redraws the
     posterior samples of the first `cfg.posterior_check` observations with each covariance
-    (the same noise for all), twice with independent noise. Recorded on the deleted pixels:
-    `posterior_rmse_<covariance>`, the root-mean-square error of the first samples against the
-    truth, and `posterior_spread_<covariance>`, the root-mean-square difference of the two
-    draws. For exact posterior samples both are :math:`\sqrt{2\,\mathrm{tr}\,\mathbb{V}[x
-    \mid y] / n}` in expectation (the truth is itself a draw from the posterior of its own
-    observation), so spread < rmse means samples drawn too narrow, spread > rmse too wide.
-    Cached in the run's folder: a finished run re-reports it."""
-    cache, n = run / f"posterior_{lap}.jsonl", min(cfg.posterior_check, len(x))
+    (the same noise for all), twice with independent noise, scored on the deleted pixels by
+    :func:`emdm.metrics.posterior_calibration`: `posterior_rmse_<covariance>` against the
+    truth and `posterior_spread_<covariance>` between the draws (equal in expectation for exact
+    posterior samples). Cached in the run's folder: a finished run re-reports it."""
+    cache, n = MetricsLog(run / f"posterior_{lap}.jsonl"), min(cfg.posterior_check, len(x))
     if cache.exists() or n == 0:
-        return read_jsonl(cache) if n else []
-    mask, y = cifar_observations(x, percent, torch.Generator().manual_seed(cfg.seed + 7),
-                                 cfg.sigma_y)  # fmt: skip
-    mask, y, x = mask[:n], y[:n], x[:n]
-    hidden, A = mask.expand_as(x) == 0, MaskOperator(mask)
+        return cache.rows() if n else []
+    mask, y = (t[:n] for t in _observe(cfg, x, percent))
+    x, obs = x[:n], Observation(MaskOperator(mask), y, cfg.sigma_y**2)
     prior, mean = load_prior(run, device)
     rows = []
     for c in dict.fromkeys(("tweedie", *cfg.heuristics)):
@@ -259,14 +273,14 @@ def posterior_check(cfg, run, x, percent, covariance, lap, schedule, device) -> 
         draws = []
         for k in (1, 2):  # seeds unused by the laps' E-steps (iterations 1 to lap)
             g = torch.Generator(device).manual_seed(cfg.seed + 1000 + 1000 * k)
-            samples, _ = e_step(prior, A, y, cfg.sigma_y**2, em, schedule, mean, g,
-                                progress=not cfg.quiet, iteration=lap + k)  # fmt: skip
+            samples, _ = e_step(prior, obs, em, schedule, mean=mean, generator=g,
+                                iteration=lap + k, progress=not cfg.quiet)  # fmt: skip
             draws.append(samples.cpu())
-        for name, other in (("rmse", x), ("spread", draws[1])):
-            value = (draws[0] - other)[hidden].square().mean().sqrt().item()
-            rows.append(dict(percent=percent, covariance=covariance, em_iteration=lap,
-                             metric=f"posterior_{name}_{c}", value=value))  # fmt: skip
-    write_atomic(cache, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in rows)))
+        calibration = posterior_calibration(x, *draws, mask.expand_as(x) == 0)
+        rows += [dict(percent=percent, covariance=covariance, em_iteration=lap,
+                      metric=f"posterior_{name}_{c}", value=value)
+                 for name, value in calibration.items()]  # fmt: skip
+    cache.write(rows)
     return rows
 
 

@@ -30,7 +30,6 @@ import pandas as pd
 import torch
 
 from emdm import VPSchedule
-from emdm.baselines import EpsilonDenoiser
 from emdm.benchmark import METHODS, TASKS, run_images, run_mixture, shape_mixture
 from emdm.config import (
     DEVICE,
@@ -43,6 +42,7 @@ from emdm.config import (
     option,
 )
 from emdm.data import load_images
+from emdm.denoisers import EpsilonDenoiser
 from emdm.errors import cli
 from emdm.experiment import DeviceRun, parse_run
 from emdm.metrics import LPIPS

@@ -26,7 +26,6 @@ import pandas as pd
 import torch
 
 from emdm import VPDDIM, VPSchedule
-from emdm.baselines import EpsilonDenoiser
 from emdm.benchmark import (
     METHODS,
     TASKS,
@@ -46,6 +45,7 @@ from emdm.config import (
     interval,
     option,
 )
+from emdm.denoisers import EpsilonDenoiser
 from emdm.errors import cli
 from emdm.experiment import DeviceRun, parse_run
 from emdm.nn.adm import ADMConfig, load_adm

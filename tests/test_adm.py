@@ -115,7 +115,7 @@ def test_a_damaged_checkpoint_is_named_with_what_to_do(tmp_path):
 
 def test_mmps_through_the_adm_prior():
     from emdm import MMPS, VPSchedule
-    from emdm.baselines import EpsilonDenoiser
+    from emdm.denoisers import EpsilonDenoiser
     from emdm.operators import Bicubic
 
     torch.manual_seed(0)

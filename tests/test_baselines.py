@@ -8,8 +8,9 @@ import torch
 from conftest import random_dplr
 
 from emdm import DPLR, VPDDIM, DenseOperator, GaussianDenoiser, VPSchedule
-from emdm.baselines import BASELINES, DPS, PGDM, TMPD, DiffPIR, EpsilonDenoiser
 from emdm.benchmark import CountingDenoiser
+from emdm.denoisers import EpsilonDenoiser
+from emdm.guidance import BASELINES, DPS, PGDM, TMPD, DiffPIR
 
 B, D, M = 4, 5, 2
 DT = torch.float64
@@ -95,7 +96,7 @@ def test_vp_ddim_applies_the_benchmark_weights(problem):
         t, s = sampler.grid()[2]
         a_t, a_s, k, _ = sampler.coefficients(t, s)
         sigma_t = sampler.sigma(t, x_t)
-        x_hat, delta = baseline.parts(x_t / a_t, sigma_t)
+        x_hat, delta = baseline.split(x_t / a_t, sigma_t)
         ab_t, ab_s, c_s = a_t**2, a_s**2, a_s - k * a_t
         kappa = {"dps": 1 / math.sqrt(ab_t), "pgdm": math.sqrt(ab_s) * ab_t}.get(name, c_s)
         expected = a_s * x_hat + k * (x_t - a_t * x_hat) + kappa * delta

@@ -132,3 +132,16 @@ def test_observation_refuses_bad_input_before_any_work():
     assert isinstance(as_covariance(torch.tensor(0.2), y), Isotropic)
     assert isinstance(as_covariance(Diagonal(torch.ones(M)), y), Diagonal)
     assert isinstance(as_covariance(LowRank(DPLR(torch.ones(M))), y), LowRank)
+
+
+def test_a_column_of_variances_is_per_observation():
+    # (N, 1) against y (N, M): one variance per observation, sliced with y, its own floor
+    y = torch.zeros(B, M, dtype=torch.float64)
+    variances = torch.arange(1, B + 1, dtype=torch.float64)[:, None]
+    cov = as_covariance(variances, y)
+    assert cov.batch_size == B
+    torch.testing.assert_close(cov.smallest_eigenvalue(), variances[:, 0])
+    torch.testing.assert_close(cov[1:3] @ torch.ones(2, M, dtype=torch.float64),
+                               variances[1:3].expand(2, M))  # fmt: skip
+    shared = as_covariance(torch.ones(1, M, dtype=torch.float64), y)
+    assert shared.batch_size is None and shared[1:3] is shared

@@ -11,6 +11,7 @@ from emdm import DenseOperator, EDMDenoiser, VESchedule
 from emdm.distributed import Context, init
 from emdm.em import EMConfig, run_em
 from emdm.nn import TimeMLP
+from emdm.observation import Observation
 
 SCHEDULE = VESchedule(1e-3, 10.0)
 # 3 E-step batches (the last one short), so that the ranks hold different numbers of them
@@ -33,7 +34,7 @@ def toy(n=200):
     A = torch.randn((n, 1, 2), generator=g)
     A = A / A.norm(dim=-1, keepdim=True)
     y = (A @ x[..., None])[..., 0] + 0.05 * torch.randn((n, 1), generator=g)
-    return DenseOperator(A), y, torch.randn((n, 2), generator=g)
+    return Observation(DenseOperator(A), y, 0.05**2), torch.randn((n, 2), generator=g)
 
 
 def model():
@@ -53,18 +54,18 @@ def worker(rank, world, port, out, fail_rank):
     )
     torch.set_num_threads(1)
     ctx = init("gloo", timeout=60)
-    A, y, q0 = toy()
+    obs, q0 = toy()
     denoiser = model()
     if rank == fail_rank:
         denoiser.network.forward = None  # this rank dies at its first M-step
-    samples = run_em(denoiser, A, y, 0.05**2, q0, CFG, SCHEDULE, directory=out, ctx=ctx)
+    samples = run_em(denoiser, obs, q0, CFG, SCHEDULE, directory=out, ctx=ctx)
     torch.save({"samples": samples, "model": denoiser.state_dict()}, out / f"rank{rank}.pt")
 
 
 def test_two_gloo_processes_agree_with_one(tmp_path):
-    A, y, q0 = toy()
+    obs, q0 = toy()
     single = model()
-    reference = run_em(single, A, y, 0.05**2, q0, CFG, SCHEDULE, directory=tmp_path / "one")
+    reference = run_em(single, obs, q0, CFG, SCHEDULE, directory=tmp_path / "one")
 
     out = tmp_path / "two"
     mp.start_processes(worker, (2, free_port(), out, -1), nprocs=2, start_method="spawn")
@@ -102,6 +103,6 @@ def test_context_shards_and_splits():
     with pytest.raises(ValueError, match="multiple of the number of processes"):
         ctx.split(10)
     with pytest.raises(ValueError, match="seeding='batch'"):
-        A, y, q0 = toy()
+        obs, q0 = toy()
         cfg = EMConfig(iterations=1, train_steps=1, batch_size=2, steps=2)
-        run_em(model(), A, y, 0.05**2, q0, cfg, SCHEDULE, ctx=Context(0, 2))
+        run_em(model(), obs, q0, cfg, SCHEDULE, ctx=Context(0, 2))

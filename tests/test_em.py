@@ -6,6 +6,7 @@ import torch
 from emdm import DenseOperator, EDMDenoiser, VESchedule
 from emdm.em import EMConfig, run_em
 from emdm.nn import TimeMLP
+from emdm.observation import Observation
 
 DT = torch.float32
 SCHEDULE = VESchedule(1e-3, 10.0)
@@ -13,14 +14,14 @@ CFG = EMConfig(iterations=2, train_steps=16, batch_size=64, steps=8, sample_batc
 
 
 def toy(n=192):
-    """2-D Gaussian data seen through random 1-D projections."""
+    """2-D Gaussian data seen through random 1-D projections, and q_0's samples."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn((n, 2), generator=g) @ torch.tensor([[1.0, 0.0], [0.8, 0.3]]).T
     A = torch.randn((n, 1, 2), generator=g)
     A = A / A.norm(dim=-1, keepdim=True)
     y = (A @ x[..., None])[..., 0] + 0.05 * torch.randn((n, 1), generator=g)
     q0 = torch.randn((n, 2), generator=g)
-    return DenseOperator(A), y, q0
+    return Observation(DenseOperator(A), y, 0.05**2), q0
 
 
 def model():
@@ -29,19 +30,10 @@ def model():
 
 
 def test_em_runs_and_reports_metrics(tmp_path):
-    A, y, q0 = toy()
+    obs, q0 = toy()
     seen = []
-    out = run_em(
-        model(),
-        A,
-        y,
-        0.05**2,
-        q0,
-        CFG,
-        SCHEDULE,
-        directory=tmp_path,
-        callback=lambda k, x, m: seen.append((k, x.shape, m)),
-    )
+    out = run_em(model(), obs, q0, CFG, SCHEDULE, directory=tmp_path,
+                 callback=lambda k, x, m: seen.append((k, x.shape, m)))  # fmt: skip
     assert [k for k, _, _ in seen] == [1, 2]
     assert out.shape[1:] == (2,) and torch.isfinite(out).all()
     assert all({"loss", "kept", "guard"} <= set(m) for _, _, m in seen)
@@ -54,19 +46,19 @@ class Stop(Exception):
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path):
-    A, y, q0 = toy()
+    obs, q0 = toy()
     reference = model()
-    full = run_em(reference, A, y, 0.05**2, q0, CFG, SCHEDULE, directory=tmp_path / "full")
+    full = run_em(reference, obs, q0, CFG, SCHEDULE, directory=tmp_path / "full")
 
     def die(k, x, m):  # killed during iteration 2, before its checkpoint
         if k == 2:
             raise Stop
 
     with pytest.raises(Stop):
-        run_em(model(), A, y, 0.05**2, q0, CFG, SCHEDULE, directory=tmp_path / "cut", callback=die)
+        run_em(model(), obs, q0, CFG, SCHEDULE, directory=tmp_path / "cut", callback=die)
     resumed_model = model()
     resumed = run_em(
-        resumed_model, A, y, 0.05**2, q0, CFG, SCHEDULE, directory=tmp_path / "cut", resume=True
+        resumed_model, obs, q0, CFG, SCHEDULE, directory=tmp_path / "cut", resume=True
     )
     assert torch.equal(full, resumed)
     for p, q in zip(reference.parameters(), resumed_model.parameters(), strict=True):
@@ -74,21 +66,20 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
 
 
 def test_resume_refuses_another_config_and_overwrite(tmp_path):
-    A, y, q0 = toy()
+    obs, q0 = toy()
     identity = {"sizes": (1, 2)}  # a tuple survives the JSON round trip of the saved config
-    run_em(model(), A, y, 0.05**2, q0, CFG, SCHEDULE, directory=tmp_path, identity=identity)
-    run_em(model(), A, y, 0.05**2, q0, CFG, SCHEDULE, directory=tmp_path, identity=identity,
-           resume=True)  # fmt: skip
+    run_em(model(), obs, q0, CFG, SCHEDULE, directory=tmp_path, identity=identity)
+    run_em(model(), obs, q0, CFG, SCHEDULE, directory=tmp_path, identity=identity, resume=True)
     other = EMConfig(**{**CFG.__dict__, "lr": 5e-4, "steps": 4})
     with pytest.raises(ValueError, match="differing keys: lr, steps"):
-        run_em(model(), A, y, 0.05**2, q0, other, SCHEDULE, directory=tmp_path, resume=True,
+        run_em(model(), obs, q0, other, SCHEDULE, directory=tmp_path, resume=True,
                identity=identity)  # fmt: skip
     with pytest.raises(ValueError, match="holds a run already"):
-        run_em(model(), A, y, 0.05**2, q0, CFG, SCHEDULE, directory=tmp_path)
+        run_em(model(), obs, q0, CFG, SCHEDULE, directory=tmp_path)
 
 
 def test_non_finite_samples_name_the_iteration_and_sigma():
-    A, y, q0 = toy()
+    obs, q0 = toy()
 
     class Exploding(torch.nn.Module):
         def __init__(self):
@@ -100,19 +91,63 @@ def test_non_finite_samples_name_the_iteration_and_sigma():
             return torch.where(sigma[:, None] < 1.0, out * float("nan"), out)
 
     with pytest.raises(FloatingPointError, match=r"EM iteration 1: .*sigma_t = "):
-        run_em(Exploding(), A, y, 0.05**2, q0, CFG, SCHEDULE)
+        run_em(Exploding(), obs, q0, CFG, SCHEDULE)
 
 
 def test_prior_covariance_option():
     from emdm import DPLR
 
-    A, y, q0 = toy()
+    obs, q0 = toy()
     cfg = EMConfig(**{**CFG.__dict__, "covariance": "cov_x", "iterations": 1})
     cov = DPLR(torch.ones(2), torch.zeros(2, 1))
-    out = run_em(model(), A, y, 0.05**2, q0, cfg, SCHEDULE, prior_cov=cov)
+    out = run_em(model(), obs, q0, cfg, SCHEDULE, prior_cov=cov)
     assert torch.isfinite(out).all()
     with pytest.raises(ValueError, match="needs prior_cov"):
-        run_em(model(), A, y, 0.05**2, q0, cfg, SCHEDULE)
+        run_em(model(), obs, q0, cfg, SCHEDULE)
+
+
+def test_e_step_and_run_em_take_an_observation():
+    obs, q0 = toy()
+    A, y, cov_y = obs
+    with pytest.raises(TypeError, match=r"Observation\(A, y, cov_y\)"):
+        run_em(model(), (A, y, cov_y), q0, CFG, SCHEDULE)
+    with pytest.raises(ValueError, match="one q_0 sample per observation"):
+        run_em(model(), obs, q0[:-1], CFG, SCHEDULE)
+
+
+def _blur_or_resize(name: str, n: int):
+    from emdm.operators import Bicubic, Blur, Downsample, gaussian_kernel
+
+    g = torch.Generator().manual_seed(1)
+    return {
+        "blur": lambda: Blur(gaussian_kernel(3, 1.0)),
+        "blur-per-sample": lambda: Blur(torch.rand((n, 3, 3), generator=g) / 9),
+        "downsample": lambda: Downsample(2),
+        "bicubic": lambda: Bicubic(2),
+    }[name]()
+
+
+@pytest.mark.parametrize("name", ["blur", "blur-per-sample", "downsample", "bicubic"])
+def test_blur_and_super_resolution_run_an_em_lap(name):
+    # the E-step restricts the observation to each batch (two here: 4 and 2) and moves it
+    from emdm.prior import UNetConfig
+
+    n, shape = 6, (1, 8, 8)
+    g = torch.Generator().manual_seed(0)
+    A = _blur_or_resize(name, n)
+    x = torch.randn((n, *shape), generator=g)
+    Ax = A(x)
+    obs = Observation(A, Ax + 0.1 * torch.randn(Ax.shape, generator=g), 0.1**2)
+    net = UNetConfig(channels=1, hid_channels=(4, 8), hid_blocks=(1, 1), attention=(),
+                     emb_features=8, dropout=0.0)  # fmt: skip
+    torch.manual_seed(0)
+    cfg = EMConfig(iterations=1, train_steps=2, batch_size=4, steps=2, sample_batch=4,
+                   keep_range=0)  # fmt: skip
+    seen = []
+    out = run_em(net.build(), obs, torch.randn((n, *shape), generator=g), cfg, SCHEDULE,
+                 callback=lambda k, x, m: seen.append(m))  # fmt: skip
+    assert out.shape == (n, *shape) and torch.isfinite(out).all()
+    assert len(seen) == 1 and seen[0]["kept"] == n
 
 
 def test_bad_config():
@@ -134,13 +169,13 @@ def test_dense_solver_matches_cg_on_scalar_systems():
     from emdm import DPLR, GaussianDenoiser
     from emdm.em import e_step
 
-    A, y, _ = toy()
+    obs, _ = toy()
     prior = GaussianDenoiser(torch.zeros(2), DPLR(torch.tensor([1.0, 0.5])))
     runs = {}
     for solver in ("cg", "dense"):
         cfg = EMConfig(**{**CFG.__dict__, "cg_iterations": 1, "solver": solver})
         g = torch.Generator().manual_seed(0)
-        runs[solver] = e_step(prior, A, y, 0.05**2, cfg, SCHEDULE, torch.zeros(2), g)
+        runs[solver] = e_step(prior, obs, cfg, SCHEDULE, mean=torch.zeros(2), generator=g)
     assert runs["cg"][1] == runs["dense"][1] == 0
     torch.testing.assert_close(runs["cg"][0], runs["dense"][0], rtol=1e-4, atol=1e-4)
 
@@ -151,14 +186,14 @@ def test_batch_dot_shares_one_cg_step_size_per_e_step_batch():
     from emdm import DPLR, GaussianDenoiser
     from emdm.em import e_step
 
-    A, y, _ = toy()
+    obs, _ = toy()
     prior = GaussianDenoiser(torch.zeros(2), DPLR(torch.tensor([1.0, 0.5])))
 
     def run(dot, sample_batch):
         cfg = EMConfig(**{**CFG.__dict__, "cg_iterations": 1, "dot": dot,
                           "sample_batch": sample_batch, "seeding": "stream"})  # fmt: skip
-        return e_step(prior, A, y, 0.05**2, cfg, SCHEDULE, torch.zeros(2),
-                      torch.Generator().manual_seed(0))[0]  # fmt: skip
+        g = torch.Generator().manual_seed(0)
+        return e_step(prior, obs, cfg, SCHEDULE, mean=torch.zeros(2), generator=g)[0]
 
     torch.testing.assert_close(run("batch", 1), run("sample", 1), rtol=1e-4, atol=1e-4)
     assert (run("batch", 96) - run("sample", 96)).abs().max() > 1e-2

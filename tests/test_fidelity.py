@@ -16,10 +16,12 @@ from emdm.metrics import (
     INCEPTION,
     INCEPTION_FILE,
     TINY,
+    FidelityFeatures,
     Uint8Images,
     fidelity_metrics,
     frechet_distance,
     gaussian_statistics,
+    inception_score,
     inception_weights_path,
     register_tiny_extractor,
     to_uint8,
@@ -299,3 +301,34 @@ def test_inception_runs_from_a_local_weights_file(tmp_path):
     x, y = images(64, 0), images(64, 1, kind="blobs", size=32)
     out = fidelity_metrics(x, y, inception_weights=weights, device="cuda")
     assert np.isfinite(out["fid"]) and 1 <= out["isc_mean"] <= 1008
+
+
+def test_features_build_the_extractor_once_and_draw_nothing_from_the_global_generator(tmp_path):
+    from unittest import mock
+
+    import torch_fidelity.feature_extractor_inceptionv3 as inception
+
+    weights = write_fake_inception(tmp_path / INCEPTION_FILE)
+    cls = inception.FeatureExtractorInceptionV3
+    # random weights: the test checks the generator, not the values
+    with mock.patch.object(cls, "load_state_dict", lambda *a: None), torch.random.fork_rng():
+        state = torch.get_rng_state()
+        cls(INCEPTION, ["2048"], feature_extractor_weights_path=str(weights))
+        assert not torch.equal(torch.get_rng_state(), state)  # its layers' initialization
+        state = torch.get_rng_state()
+        features = FidelityFeatures(inception_weights=weights, device="cpu")
+        out = features(images(2, 0, size=8))
+        net = features._net
+        features(images(2, 1, size=8))
+        assert torch.equal(torch.get_rng_state(), state) and features._net is net
+    assert features.layers == {"fid": "2048", "isc": "logits_unbiased"}
+    assert out["fid"].shape == (2, 2048) and out["isc"].shape == (2, 1008)
+
+
+def test_inception_score_equals_fidelity_metrics_on_the_tiny_extractors_logits():
+    x = images(30, 0, kind="blobs")
+    logits = FidelityFeatures(TINY, device="cpu")(x)["isc"]
+    direct = fidelity_metrics(x, x, feature_extractor=TINY, fid=False, device="cpu")
+    assert inception_score(logits) == (direct["isc_mean"], direct["isc_std"])
+    with pytest.raises(ValueError, match="N >= 10"):
+        inception_score(logits[:9])

@@ -3,7 +3,8 @@ import torch
 
 from emdm.data import observe, random_projections
 from emdm.gaussian import fit_gaussian, ppca
-from emdm.operators import MaskOperator
+from emdm.observation import Observation
+from emdm.operators import DenseOperator, MaskOperator
 
 DT = torch.float64
 
@@ -59,8 +60,9 @@ def test_fit_gaussian_from_random_projections():
     x = mu + torch.randn((N, D), generator=g, dtype=DT) @ torch.linalg.cholesky(S).T
     A = random_projections(N, D, 2, g)
     y = observe(x, A, 0.01, g)
+    obs = Observation(DenseOperator(A), y, 1e-4)
     m, cov = fit_gaussian(
-        A, y, 1e-4, rank=D, iterations=12, steps=32, cg_iterations=2, generator=g
+        obs, D, shape=(D,), iterations=12, steps=32, cg_iterations=2, generator=g
     )
     floor_m, floor_cov = ppca(x, D)
     floor_mean_error = (floor_m - mu).norm()
@@ -81,12 +83,12 @@ def test_fit_gaussian_from_masked_images():
     x = x + 0.1 * torch.randn((n, 18), generator=g, dtype=torch.float64)
     mask = (torch.rand((n, 1, 3, 3), generator=g) < 0.7).double()  # shared over channels
     y = mask * x.reshape(n, *shape) + 1e-2 * torch.randn((n, *shape), generator=g).double()
-    mean, cov = fit_gaussian(MaskOperator(mask), y, 1e-4, rank=2, iterations=8, shape=shape,
-                             steps=16, generator=g)  # fmt: skip
+    obs = Observation(MaskOperator(mask), y, 1e-4)
+    mean, cov = fit_gaussian(obs, 2, shape=shape, iterations=8, steps=16, generator=g)
     assert mean.shape == shape
     true_cov = U @ U.T + 0.01 * torch.eye(18, dtype=torch.float64)
     fitted = cov.dense()
     assert (mean.flatten() - mu).abs().max() < 0.1
     assert torch.linalg.matrix_norm(fitted - true_cov) / torch.linalg.matrix_norm(true_cov) < 0.1
-    with pytest.raises(ValueError, match="event shape"):
-        fit_gaussian(MaskOperator(mask), y, 1e-4, rank=2)
+    with pytest.raises(ValueError, match=r"event shape \(2, 3, 3\), got shape=\(18,\)"):
+        fit_gaussian(obs, 2, shape=(18,))

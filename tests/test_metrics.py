@@ -165,3 +165,16 @@ def test_frechet_distance_against_scipy_and_closed_forms():
                                torch.tensor(1.5, dtype=torch.float64))  # fmt: skip
     with pytest.raises(ValueError, match="of one D"):
         frechet_distance(mu1, s1, mu1[:3], s1[:3, :3])
+
+
+def test_to_unit_maps_each_named_pixel_range_onto_the_unit_interval():
+    from emdm.metrics import PIXEL_RANGES, to_unit
+
+    x = torch.linspace(-2.5, 2.5, 101)
+    assert torch.equal(to_unit(x), ((x + 1) / 2).clamp(0, 1))  # the default: [-1, 1]
+    assert torch.equal(to_unit(x, "paper"), ((x + 2) / 4).clamp(0, 1))  # bit for bit
+    for name, (low, high) in PIXEL_RANGES.items():
+        ends = to_unit(torch.tensor([low, (low + high) / 2, high]), name)
+        assert ends.tolist() == [0.0, 0.5, 1.0]
+    with pytest.raises(ValueError, match="'benchmark', 'paper'"):
+        to_unit(x, "unit")

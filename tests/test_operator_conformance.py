@@ -193,6 +193,7 @@ def test_blur_and_super_resolution_run_in_an_e_step(make):
     # e_step restricts A to each batch and moves it: blur and SR used to raise TypeError there
     from emdm import DPLR, GaussianDenoiser, VESchedule
     from emdm.em import EMConfig, e_step
+    from emdm.observation import Observation
 
     N, shape = 5, (1, 6, 6)
     A = make()
@@ -202,9 +203,12 @@ def test_blur_and_super_resolution_run_in_an_e_step(make):
     Ax = A(x)
     y = Ax + 0.1 * torch.randn(Ax.shape, generator=_g(6))
     cfg = EMConfig(steps=4, sample_batch=2, cg_iterations=2, seed=0)  # three batches: 2, 2, 1
-    samples, _ = e_step(
-        prior, A, y, 0.1**2, cfg, VESchedule(1e-3, 10.0), torch.zeros(shape), _g(7)
-    )
+    obs, schedule = Observation(A, y, 0.1**2), VESchedule(1e-3, 10.0)
+    if not isinstance(A, ops.LinearOperator):  # an Observation of it cannot be batched
+        with pytest.raises(ValueError, match="cannot be sliced or moved"):
+            e_step(prior, obs, cfg, schedule, mean=torch.zeros(shape), generator=_g(7))
+        return
+    samples, _ = e_step(prior, obs, cfg, schedule, mean=torch.zeros(shape), generator=_g(7))
     assert samples.shape == (N, *shape)
     assert torch.isfinite(samples).all()
     # the observations pull the samples: closer to x than prior draws are

@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -94,3 +95,28 @@ def test_provenance_records_the_metric_packages_versions():
     packages = provenance()["packages"]
     assert packages["torch-fidelity"] is not None  # FID and IS depend on it
     assert set(packages) >= {"torch-fidelity", "triton", "pot"}
+
+
+# the JSON-lines log of measurements (emdm.runs.MetricsLog) was provenance's append_jsonl and
+# read_jsonl
+
+
+def test_metrics_log_keeps_the_last_row_per_key_and_survives_a_killed_writer(tmp_path):
+    from emdm.runs import MetricsLog
+
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    assert not log.exists() and log.rows() == []
+    log.log([{"k": 1, "metric": "a", "value": 1.0}, {"k": 2, "metric": "a", "value": 2.0}])
+    with open(log.path, "a") as f:
+        f.write('{"k": 3, "metric": "a", "va')  # a writer killed mid-line
+    assert [r["value"] for r in log.rows()] == [1.0, 2.0]
+    log.log([{"k": 2, "metric": "a", "value": 3.0}, {"k": 3, "metric": "b", "value": 4}])
+    assert log.path.read_text().count("\n") == 4  # the cut line is gone, not glued
+    assert log.rows() == [{"k": 1, "metric": "a", "value": 1.0},
+                          {"k": 2, "metric": "a", "value": 3.0},
+                          {"k": 3, "metric": "b", "value": 4}]  # fmt: skip
+    assert [r["value"] for r in log.rows(key=("metric",))] == [3.0, 4]
+    assert [r["value"] for r in MetricsLog(log.path, key=("k",)).rows()] == [1.0, 3.0, 4]
+    log.write([{"metric": "c", "value": np.float32(0.5)}])  # replaces the file, atomically
+    assert log.rows() == [{"metric": "c", "value": 0.5}]
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]

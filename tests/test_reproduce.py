@@ -37,7 +37,7 @@ def test_fig2(tmp_path):
     assert (tmp_path / "fig2_quick.png").exists()
 
 
-TINY = ["--quick", "--observations", "256", "--gaussian-iterations", "1", "--gaussian-steps",
+TINY = ["--quick", "--observations", "256", "--start-iterations", "1", "--start-steps",
         "4", "--em-iterations", "2", "--em-train-steps", "4", "--em-batch-size", "64",
         "--em-steps", "4", "--ot-samples", "64", "--quiet"]  # fmt: skip
 
@@ -74,7 +74,7 @@ def test_table4_quick_tiny(tmp_path):
             "--quiet", "--out", str(tmp_path)]  # fmt: skip
     assert table4.main(argv) == 0
     frame = pd.read_csv(tmp_path / "table4_quick.csv")
-    assert set(frame.metric) == {"psnr", "ssim", "mean_rmse", "mass_tv", "ot_score"}
+    assert set(frame.metric) == {"psnr", "ssim", "mean_rmse", "nearest_mass_tv", "ot_score"}
     assert len(frame) == 2 * 2 * 5 and frame.value.notna().all()
     # the paper configuration stops before any work when a file is missing
     assert table4.main(["--images", "1", "--image-dir", str(tmp_path / "none")]) == 2
@@ -167,6 +167,7 @@ def test_table1_fig4_fig15_tiny_and_resume(tmp_path):
                                  for c in ("tweedie", "identity")}  # fmt: skip
     for name in ("fig4_quick.png", "fig15_quick.png", "table1_quick.json"):
         assert (tmp_path / name).exists()
+    assert (tmp_path / "table1_quick_run" / "reference_emdm-tiny.npz").exists()  # FID's, once
     assert table1.main([*argv, "--resume"]) == 0  # finished: re-reports, recomputes nothing
     pd.testing.assert_frame_equal(frame, pd.read_csv(tmp_path / "table1_quick.csv"))
 

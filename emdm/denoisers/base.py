@@ -8,11 +8,17 @@ as a callable `denoiser(x_t, sigma)` with `x_t` of shape :math:`(B, *)` and `sig
 :math:`(B,)`, returning a tensor of the shape of `x_t`. By Tweedie's formula,
 :math:`d(x_t, \sigma) = x_t + \sigma^2 \nabla \log p_\sigma(x_t)` and
 :math:`\mathbb{V}[x \mid x_t] = \sigma^2 \, \partial d / \partial x_t`.
+
+A :class:`SplitDenoiser` also returns its output in two parts, :math:`\hat{x}` and a correction
+:math:`\Delta` (:math:`d = \hat{x} + \Delta`), with the weight its method gives :math:`\Delta`
+in a variance-preserving DDIM step; :class:`emdm.VPDDIM` applies that weight, so that a
+guidance method runs as its paper states on that sampler while every other sampler uses it as
+a plain denoiser.
 """
 
-__all__ = ["Denoiser", "broadcast_sigma", "per_sample"]
+__all__ = ["Denoiser", "SplitDenoiser", "broadcast_sigma", "per_sample"]
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -20,6 +26,25 @@ from torch import Tensor
 
 class Denoiser(Protocol):
     def __call__(self, x_t: Tensor, sigma: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
+class SplitDenoiser(Protocol):
+    r"""A denoiser :math:`d = \hat{x} + \Delta` that exposes its two parts.
+
+    `split(x_t, sigma)` returns :math:`(\hat{x}, \Delta)`, each with the shape of `x_t` and
+    detached; `vp_weight(alpha_bar_t, alpha_bar_s, c_s)` returns the weight :math:`\kappa` of
+    :math:`\Delta` in a VP DDIM step from :math:`t` to :math:`s`, given
+    :math:`\bar{\alpha}_t`, :math:`\bar{\alpha}_s` and
+    :math:`c_s = \partial x_s / \partial \hat{x}` (:math:`\kappa = c_s` treats :math:`d` as
+    a plain denoiser).
+    """
+
+    def __call__(self, x_t: Tensor, sigma: Tensor) -> Tensor: ...
+
+    def split(self, x_t: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def vp_weight(self, alpha_bar_t: float, alpha_bar_s: float, c_s: float) -> float: ...
 
 
 def broadcast_sigma(sigma: Tensor | float, x_t: Tensor, check: bool = True) -> Tensor:

@@ -41,8 +41,10 @@ __all__ = [
     "INCEPTION",
     "INCEPTION_FILE",
     "TINY",
+    "FidelityFeatures",
     "Uint8Images",
     "fidelity_metrics",
+    "inception_score",
     "inception_weights_path",
     "register_tiny_extractor",
     "to_uint8",
@@ -286,6 +288,113 @@ def _images(x: Tensor, what: str, min_count: int) -> Tensor:
     return u.expand(-1, 3, -1, -1)
 
 
+def _extractor(
+    feature_extractor: str | None, inception_weights: str | os.PathLike | None
+) -> tuple[str, type, Path | None]:
+    r"""The name, class and weights file of a feature extractor that runs offline."""
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    name = INCEPTION if feature_extractor is None else feature_extractor
+    if name == TINY:
+        register_tiny_extractor()
+    if name not in FEATURE_EXTRACTORS_REGISTRY:
+        raise ValueError(
+            f"unknown feature extractor {name!r}; choose {INCEPTION!r}, {TINY!r} or a name "
+            f"registered by register_tiny_extractor, among {sorted(FEATURE_EXTRACTORS_REGISTRY)}"
+        )
+    cls = FEATURE_EXTRACTORS_REGISTRY[name]
+    if cls.__module__.startswith("torch_fidelity.") and name != INCEPTION:
+        raise ValueError(f"{name!r} would download its weights; use {INCEPTION!r} or {TINY!r}")
+    weights = inception_weights_path(inception_weights) if name == INCEPTION else None
+    return name, cls, weights
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    return torch.device(
+        device if device is not None else "cuda" if torch.cuda.is_available() else "cpu"
+    )
+
+
+class FidelityFeatures:
+    r"""The features that FID and IS read, as ``torch_fidelity.calculate_metrics`` computes
+    them (the same extractor, batches and layers), from an extractor built once.
+
+    Arguments:
+        feature_extractor: `None` for the paper's `inception-v3-compat`, `TINY`, or a name
+            returned by :func:`register_tiny_extractor`.
+        inception_weights: The local Inception-v3 weights file (see
+            :func:`inception_weights_path`); used with the default extractor only.
+        batch_size: Images per forward pass of the extractor.
+        device: Where the extractor runs; `None` for CUDA when available.
+
+    Extracting features draws nothing from torch's global generator (which torch-fidelity's
+    data loader and Inception's initialization would draw from), so that scoring during a run
+    leaves the run's draws as they are.
+    """
+
+    def __init__(
+        self,
+        feature_extractor: str | None = None,
+        *,
+        inception_weights: str | os.PathLike | None = None,
+        batch_size: int = 64,
+        device: str | torch.device | None = None,
+    ):
+        self.name, cls, self.weights = _extractor(feature_extractor, inception_weights)
+        #: The extractor's layer that each metric reads, e.g. {"fid": "2048", ...} for Inception
+        self.layers = {m: cls.get_default_feature_layer_for_metric(m) for m in ("fid", "isc")}
+        self.batch_size, self.device = batch_size, _device(device)
+        self._net = None
+
+    def _build(self):
+        from torch_fidelity.utils import create_feature_extractor
+
+        kwargs: dict[str, Any] = {"verbose": False}
+        if self.weights is not None:
+            kwargs["feature_extractor_weights_path"] = str(self.weights)
+        layers = list(dict.fromkeys(self.layers.values()))
+        return create_feature_extractor(
+            self.name, layers, cuda=self.device.type == "cuda", **kwargs
+        )
+
+    def _on_device(self):
+        # torch-fidelity moves tensors with .cuda(), i.e. to the current CUDA device
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext()
+
+    def __call__(self, images: Tensor, what: str = "images", min_count: int = 2) -> dict:
+        r"""Returns the features of `images` `(N, C, H, W)` (uint8, or float in
+        :math:`[-2, 2)`, see :func:`to_uint8`) for each metric: 'fid' `(N, D)` and 'isc'
+        `(N, K)` (the logits), float32 on the CPU. `what` names the images in errors, which
+        need at least `min_count` of them."""
+        from torch_fidelity.utils import get_featuresdict_from_dataset
+
+        u = _images(images, what, min_count)
+        with torch.random.fork_rng(devices=[]), self._on_device():
+            if self._net is None:
+                self._net = self._build()
+            features = get_featuresdict_from_dataset(
+                Uint8Images(u), self._net, self.batch_size, self.device.type == "cuda",
+                save_cpu_ram=True, verbose=False,
+            )  # fmt: skip
+        return {metric: features[layer] for metric, layer in self.layers.items()}
+
+
+def inception_score(logits: Tensor, splits: int = 10) -> tuple[float, float]:
+    r"""The mean and standard deviation over `splits` parts of the IS of logits `(N, K)`, as
+    torch-fidelity computes it (the rows shuffled by its fixed seed)."""
+    from torch_fidelity.defaults import DEFAULTS
+    from torch_fidelity.metric_isc import (
+        KEY_METRIC_ISC_MEAN,
+        KEY_METRIC_ISC_STD,
+        isc_features_to_metric,
+    )
+
+    if logits.ndim != 2 or logits.shape[0] < splits:
+        raise ValueError(f"need logits (N, K) with N >= {splits}, got {tuple(logits.shape)}")
+    out = isc_features_to_metric(logits, splits, DEFAULTS["samples_shuffle"], DEFAULTS["rng_seed"])
+    return out[KEY_METRIC_ISC_MEAN], out[KEY_METRIC_ISC_STD]
+
+
 def fidelity_metrics(
     samples: Tensor,
     reference: Tensor,
@@ -328,30 +437,16 @@ def fidelity_metrics(
         'isc_splits', 'num_samples', 'num_reference' and 'torch_fidelity_version'.
     """
     import torch_fidelity
-    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
     if not (fid or isc):
         raise ValueError("nothing to compute: fid and isc are both False")
     if cache_dir is not None and reference_name is None:
         raise ValueError("cache_dir needs reference_name, the key of the cached reference")
-    name = INCEPTION if feature_extractor is None else feature_extractor
-    if name == TINY:
-        register_tiny_extractor()
-    if name not in FEATURE_EXTRACTORS_REGISTRY:
-        raise ValueError(
-            f"unknown feature extractor {name!r}; choose {INCEPTION!r}, {TINY!r} or a name "
-            f"registered by register_tiny_extractor, among {sorted(FEATURE_EXTRACTORS_REGISTRY)}"
-        )
-    cls = FEATURE_EXTRACTORS_REGISTRY[name]
-    if cls.__module__.startswith("torch_fidelity.") and name != INCEPTION:
-        raise ValueError(f"{name!r} would download its weights; use {INCEPTION!r} or {TINY!r}")
-    weights = inception_weights_path(inception_weights) if name == INCEPTION else None
+    name, cls, weights = _extractor(feature_extractor, inception_weights)
 
     x = _images(samples, "samples", isc_splits if isc else 2)
     y = _images(reference, "reference", 2) if fid else None
-    device = torch.device(
-        device if device is not None else "cuda" if torch.cuda.is_available() else "cpu"
-    )
+    device = _device(device)
 
     kwargs: dict[str, Any] = dict(
         input1=Uint8Images(x),

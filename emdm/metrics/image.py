@@ -1,5 +1,5 @@
-r"""Image quality metrics with the conventions of the paper's Table 4: images in :math:`[0, 1]`
-(a :math:`[-1, 1]` image maps by :math:`(x + 1) / 2`, clipped), one value per image.
+r"""Image quality metrics with the conventions of the paper's Table 4 (images in :math:`[0, 1]`,
+one value per image), and the one map of emdm's pixel ranges onto :math:`[0, 1]`.
 
 * PSNR: :math:`10 \log_{10}(1 / \mathrm{MSE})`;
 * SSIM: the mean over the image of
@@ -8,12 +8,25 @@ r"""Image quality metrics with the conventions of the paper's Table 4: images in
   standard deviation 1.5 (valid positions only), :math:`C_1 = (0.01)^2`,
   :math:`C_2 = (0.03)^2`, averaged over channels (piqa's defaults).
 
+emdm's images have one of two pixel ranges, named in :data:`PIXEL_RANGES`:
+
+* `"paper"`, :math:`[-2, 2]`: the data the priors are learned from, the paper's convention
+  (:math:`x = 4 u - 2` for intensities :math:`u \in [0, 1]`): CIFAR-10
+  (:func:`emdm.data.load_cifar10`), the colour shapes (:func:`emdm.data.color_shapes`), the
+  fastMRI slices and the MRI phantoms (:func:`emdm.data.load_fastmri`,
+  :func:`emdm.data.phantoms`);
+* `"benchmark"`, :math:`[-1, 1]`: the benchmark's images (:func:`emdm.data.load_images`) and
+  the pretrained VP denoisers they go with (:math:`x = 2 u - 1`).
+
+:func:`to_unit` maps either onto :math:`[0, 1]`, :math:`u = \mathrm{clip}((x - a) / (b - a))`
+for the range :math:`[a, b]`: the input of PSNR, SSIM and LPIPS, and what figures show.
+
 References:
     | Image Quality Assessment: From Error Visibility to Structural Similarity
     | (Wang et al., 2004) https://doi.org/10.1109/TIP.2003.819861
 """
 
-__all__ = ["psnr", "ssim", "to_unit"]
+__all__ = ["PIXEL_RANGES", "psnr", "ssim", "to_unit"]
 
 import torch
 import torch.nn.functional as F
@@ -21,10 +34,22 @@ from torch import Tensor
 
 from ..operators.blur import gaussian_kernel
 
+#: The pixel ranges :math:`[a, b]` of emdm's images, by name (see the module's docstring).
+PIXEL_RANGES: dict[str, tuple[float, float]] = {"paper": (-2.0, 2.0), "benchmark": (-1.0, 1.0)}
 
-def to_unit(x: Tensor) -> Tensor:
-    r"""Maps :math:`[-1, 1]` images to :math:`[0, 1]`: :math:`\mathrm{clip}((x + 1) / 2)`."""
-    return ((x + 1) / 2).clamp(0, 1)
+
+def to_unit(x: Tensor, pixels: str = "benchmark") -> Tensor:
+    r"""Maps images in the range named `pixels` (a key of :data:`PIXEL_RANGES`) to
+    :math:`[0, 1]`: :math:`\mathrm{clip}((x - a) / (b - a), 0, 1)`, e.g. :math:`(x + 1) / 2`
+    for `"benchmark"` and :math:`(x + 2) / 4` for `"paper"`.
+
+    Raises:
+        ValueError: `pixels` names no range.
+    """
+    if pixels not in PIXEL_RANGES:
+        raise ValueError(f"unknown pixel range {pixels!r}; choose one of {sorted(PIXEL_RANGES)}")
+    low, high = PIXEL_RANGES[pixels]
+    return ((x - low) / (high - low)).clamp(0, 1)
 
 
 def _check(x: Tensor, y: Tensor) -> None:

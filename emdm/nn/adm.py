@@ -146,7 +146,7 @@ class Block(nn.Sequential):
 
 class ADMUNet(nn.Module):
     r"""Creates the ADM U-Net :math:`(x_t, n) \mapsto \varepsilon` (and a variance, dropped by
-    :class:`emdm.baselines.EpsilonDenoiser`), with inputs of shape :math:`(B, C, H, W)`."""
+    :class:`emdm.denoisers.EpsilonDenoiser`), with inputs of shape :math:`(B, C, H, W)`."""
 
     def __init__(self, cfg: ADMConfig = FFHQ_256):
         super().__init__()
