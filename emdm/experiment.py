@@ -9,6 +9,7 @@ command line with the entry point's quick and paper presets and answers `--dry-r
 
 __all__ = ["DeviceRun", "Outputs", "ResumableRun", "parse_run", "run_in_folder"]
 
+import argparse
 import dataclasses
 import json
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from .config import (
     PLAIN_NAME,
     SCALES,
     Checked,
+    check_device,
     config_dict,
     option,
     parse_scaled,
@@ -63,8 +65,14 @@ class ResumableRun(DeviceRun):
 
 def parse_run(cls: type[C], argv: list[str] | None, *, quick: C, paper: C, prog: str) -> C | None:
     r"""The config of an entry point from `argv` (`--quick` selects the quick preset, see
-    :func:`emdm.config.parse_scaled`), or `None` after printing it if `--dry-run` was given."""
+    :func:`emdm.config.parse_scaled`), or `None` after printing it if `--dry-run` was given.
+    The device of a :class:`DeviceRun` is checked first (:func:`emdm.config.check_device`)."""
     cfg = parse_scaled(cls, argv, quick=quick, paper=paper, prog=prog)
+    if isinstance(cfg, DeviceRun):  # whether torch sees it: before any work, even --dry-run
+        try:
+            check_device(cfg.device)
+        except ValueError as error:  # as a bad flag is reported: usage, error, status 2
+            argparse.ArgumentParser(prog=prog).error(str(error))
     if cfg.dry_run:
         print(json.dumps(config_dict(cfg), indent=2))
         return None

@@ -21,7 +21,6 @@ import torch
 
 from emdm.config import (
     NONNEGATIVE,
-    PLAIN_NAME,
     POSITIVE,
     config_dict,
     option,
@@ -47,11 +46,10 @@ class Fig1Config(Outputs):
     sigma_t: float = option(0.25, "noise level σ_t of x_t (paper: 0.25)", check=POSITIVE)
     ot_samples: int = option(2048, "draws per side of each OT score", check=POSITIVE)
     seed: int = option(0, "seed of every draw", check=NONNEGATIVE)
-    name: str = option("fig1", "name of the result files", check=PLAIN_NAME)
 
 
 QUICK = Fig1Config(samples=16384, scale="quick", name="fig1_quick")
-PAPER = Fig1Config()
+PAPER = Fig1Config(name="fig1")
 
 
 def helix(n: int = 256) -> torch.Tensor:

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from emdm.config import NONNEGATIVE, PLAIN_NAME, POSITIVE, config_dict, option
+from emdm.config import NONNEGATIVE, POSITIVE, config_dict, option
 from emdm.data import load_fastmri, phantoms
 from emdm.errors import cli
 from emdm.experiment import Outputs, parse_run
@@ -39,10 +39,9 @@ class Fig11Config(Outputs):
                           check=POSITIVE)  # fmt: skip
     slices: int = option(16, "slices shown", check=POSITIVE)
     seed: int = option(0, "seed of the slices drawn", check=NONNEGATIVE)
-    name: str = option("fig11", "name of the result files", check=PLAIN_NAME)
 
 
-PAPER = Fig11Config()
+PAPER = Fig11Config(name="fig11")
 QUICK = Fig11Config(data="phantoms", size=32, scale="quick", name="fig11_quick")
 
 

@@ -26,7 +26,6 @@ import pandas as pd
 import torch
 
 from emdm.config import (
-    PLAIN_NAME,
     POSITIVE,
     check_device,
     config_dict,
@@ -70,17 +69,12 @@ class Fig2Config(DeviceRun):
         "noise levels σ_t",
         check=POSITIVE,
     )
-    name: str = option("fig2", "name of the result files", check=PLAIN_NAME)
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_device(self.device)  # a clear error at parse time, before any work
 
 
 QUICK = Fig2Config(
     seeds=4, prior_samples=2**17, ot_samples=2048, method="emd", scale="quick", name="fig2_quick"
 )
-PAPER = Fig2Config()
+PAPER = Fig2Config(name="fig2")
 
 
 def one_seed(seed: int, cfg: Fig2Config) -> list[dict]:

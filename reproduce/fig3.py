@@ -29,7 +29,6 @@ import torch
 from emdm import DenseOperator, VESchedule
 from emdm.config import (
     NONNEGATIVE,
-    PLAIN_NAME,
     POSITIVE,
     at_least,
     check_device,
@@ -70,11 +69,9 @@ class Fig3Config(ResumableRun):
     em: EMConfig = option(help="the EM laps (--em-* flags)", default_factory=EMConfig)
     ot_samples: int = option(4096, "samples per side of each OT score", check=POSITIVE)
     seed: int = option(0, "seed of the data and the run", check=NONNEGATIVE)
-    name: str = option("fig3", "name of the result files", check=PLAIN_NAME)
 
     def __post_init__(self):
         super().__post_init__()
-        check_device(self.device)  # a clear error at parse time, before any work
         if self.net.features != 5:
             raise ValueError(f"net.features must be 5, the manifold's R⁵, got {self.net.features}")
 
@@ -82,7 +79,8 @@ class Fig3Config(ResumableRun):
 # the paper's CG runs to convergence on the 2x2 systems: the exact (dense) solve, here
 # symmetrized and guarded, since a learned Jacobian can make the system indefinite
 PAPER = Fig3Config(
-    em=EMConfig(iterations=64, train_steps=65536, steps=4096, solver="dense", sample_batch=16384)
+    name="fig3",
+    em=EMConfig(iterations=64, train_steps=65536, steps=4096, solver="dense", sample_batch=16384),
 )
 QUICK = Fig3Config(
     observations=8192,

@@ -25,10 +25,8 @@ import torch
 from emdm import VESchedule
 from emdm.config import (
     NONNEGATIVE,
-    PLAIN_NAME,
     POSITIVE,
     at_least,
-    check_device,
     config_dict,
     option,
     run_identity,
@@ -85,11 +83,9 @@ class Fig6Config(ResumableRun):
     )
     eval_cg: int = option(5, "CG iterations of the evaluation (paper: 5)", check=POSITIVE)
     seed: int = option(0, "seed of the data, masks and run", check=NONNEGATIVE)
-    name: str = option("fig6", "name of the result files", check=PLAIN_NAME)
 
     def __post_init__(self):
         super().__post_init__()
-        check_device(self.device)
         if self.data == "phantoms" and self.observations < 1:
             raise ValueError("observations must be >= 1 with data 'phantoms' (0: every slice of "
                              "a data set on disk)")  # fmt: skip
@@ -97,6 +93,7 @@ class Fig6Config(ResumableRun):
 
 # 64 epochs over ~2 x 30k slices with batches of 256: ~15 000 Adam steps per lap
 PAPER = Fig6Config(
+    name="fig6",
     em=EMConfig(iterations=16, train_steps=15000, batch_size=256, lr=1e-4, lr_end=1e-4, ema=0.999,
                 sampler="ddpm", steps=64, cg_iterations=3, dot="batch",
                 sample_batch=256, keep_range=0, flip=True, shift=4, seeding="batch",

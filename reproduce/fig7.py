@@ -18,7 +18,6 @@ import torch
 
 from emdm.config import (
     NONNEGATIVE,
-    PLAIN_NAME,
     POSITIVE,
     at_least,
     config_dict,
@@ -42,11 +41,10 @@ class Fig7Config(Outputs):
     features: int = option(5, "dimension of the ambient space (paper: 5)", check=POSITIVE)
     seed: int = option(0, "key of the manifold (paper: 0); seed + 1 draws the points",
                        check=NONNEGATIVE)  # fmt: skip
-    name: str = option("fig7", "name of the result files", check=PLAIN_NAME)
 
 
 QUICK = Fig7Config(samples=4096, scale="quick", name="fig7_quick")
-PAPER = Fig7Config()
+PAPER = Fig7Config(name="fig7")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,10 +38,8 @@ from torch import Tensor
 from emdm import VESchedule
 from emdm.config import (
     NONNEGATIVE,
-    PLAIN_NAME,
     POSITIVE,
     at_least,
-    check_device,
     config_dict,
     interval,
     option,
@@ -108,14 +106,10 @@ class Table1Config(ResumableRun):
     )  # fmt: skip
     inception_weights: str = option("", "the Inception weights file; empty: $EMDM_INCEPTION")
     seed: int = option(0, "seed of the data, masks and runs", check=NONNEGATIVE)
-    name: str = option("table1", "name of the result files", check=PLAIN_NAME)
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_device(self.device)
 
 
 PAPER = Table1Config(
+    name="table1",
     em=EMConfig(iterations=32, train_steps=49920, batch_size=256, lr=2e-4, lr_end=2e-4,
                 ema=0.9999, sampler="ddpm", steps=256, cg_iterations=1, dot="batch",
                 sample_batch=256, keep_range=0, flip=True, shift=1, seeding="batch",

@@ -34,7 +34,6 @@ from emdm.benchmark import METHODS, TASKS, run_images, run_mixture, shape_mixtur
 from emdm.config import (
     DEVICE,
     NONNEGATIVE,
-    PLAIN_NAME,
     POSITIVE,
     check_device,
     config_dict,
@@ -88,14 +87,13 @@ class Table4Config(DeviceRun):
     )
     # a name only: the paper preset names CUDA, which the paper run checks before any work
     device: str = option("cuda", "device of the paper run (the quick run: CPU)", check=DEVICE)
-    name: str = option("table4", "name of the result files", check=PLAIN_NAME)
 
 
 QUICK = Table4Config(
     images=8, samples=8, size=32, tasks=("box", "random", "blur", "sr4"), steps=(10, 100),
     scale="quick", name="table4_quick", device="cpu",
 )  # fmt: skip
-PAPER = Table4Config()
+PAPER = Table4Config(name="table4")
 
 
 def paper(cfg: Table4Config) -> int:

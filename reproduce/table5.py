@@ -37,7 +37,6 @@ from emdm.benchmark import (
 )
 from emdm.config import (
     NONNEGATIVE,
-    PLAIN_NAME,
     POSITIVE,
     SCALES,
     check_device,
@@ -74,10 +73,9 @@ class Table5Config(DeviceRun):
         help="the ADM U-Net of the checkpoint (--adm-* flags)", default_factory=ADMConfig
     )
     scale: str = option("quick", "quick: the mixture prior; paper: DPS's FFHQ", choices=SCALES)
-    name: str = option("table5_quick", "name of the result files", check=PLAIN_NAME)
 
 
-QUICK = Table5Config()
+QUICK = Table5Config(name="table5_quick")
 PAPER = Table5Config(task="sr4", batch=1, device="cuda", scale="paper", name="table5")
 
 

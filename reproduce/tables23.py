@@ -13,13 +13,13 @@ Writes results/table2.md, results/table3.md and results/tables23.{csv,json}.
 
 import dataclasses
 import importlib.util
+import operator
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from emdm.config import PLAIN_NAME, config_dict, option
+from emdm.config import config_dict
 from emdm.errors import cli
 from emdm.experiment import Outputs, parse_run
 from emdm.provenance import write_results
@@ -28,129 +28,84 @@ from emdm.publish import check_writable
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    r"""One hyperparameter: its label, how to read it from a paper configuration, the paper
-    code's value (with where it is stated), and why emdm differs, if it does."""
+    r"""One hyperparameter: its label, the config attributes that hold it (one, or several
+    read as a tuple), the paper code's value, where protocols.md states it, and why emdm
+    differs, if it does."""
 
     label: str
-    ours: Callable[[Any], Any]
+    fields: str
     paper: Any
     source: str
     differs: str = ""
 
+    def ours(self, cfg: Any) -> Any:
+        return operator.attrgetter(*self.fields.split())(cfg)
+
+
+def rows(fields: list[tuple[str, str]], paper: list, source: str, **differs: str) -> list[Row]:
+    r"""The rows of `fields` ((label, attributes) pairs) with the paper code's values in the
+    same order, stated in `source`; `differs` gives the reason of a difference, keyed by the
+    row's first attribute with `_` for `.` (e.g. `start_cg_iterations`)."""
+    return [Row(label, attrs, value, source, differs.get(attrs.split()[0].replace(".", "_"), ""))
+            for (label, attrs), value in zip(fields, paper, strict=True)]  # fmt: skip
+
+
+NET = [
+    ("U-Net channels per level", "net.hid_channels"),
+    ("U-Net residual blocks per level", "net.hid_blocks"),
+    ("attention levels, heads", "net.attention net.heads"),
+    ("embedding features, dropout", "net.emb_features net.dropout"),
+]
+START = [
+    ("q_0: observations fitted", "start.observations"),
+    ("q_0: PPCA rank", "start.rank"),
+    ("q_0: Monte-Carlo EM iterations", "start.iterations"),
+    ("q_0: sampler, steps", "start.sampler start.steps"),
+    ("q_0: CG iterations", "start.cg_iterations"),
+]
+LAPS = [
+    ("EM laps", "em.iterations"),
+    ("E-step: sampler, steps", "em.sampler em.steps"),
+    ("E-step: covariance V_t", "em.covariance"),
+    ("E-step: CG iterations", "em.cg_iterations"),
+    ("E-step: batch, CG dot products", "em.sample_batch em.dot"),
+    ("E-step: start mean (PPCA of the first samples)", "em.mean_samples"),
+    ("M-step: Adam steps per lap", "em.train_steps"),
+    ("M-step: batch size", "em.batch_size"),
+    ("M-step: learning rate, constant", "em.lr em.lr_end"),
+    ("M-step: gradient clip, EMA decay", "em.clip em.ema"),
+    ("M-step: flip, shift (px)", "em.flip em.shift"),
+]
 
 # protocols §4 (the paper's CIFAR-10 code, experiments/cifar/)
 TABLE2 = [
-    Row("train observations (batches of 256, drop last)", lambda c: c.observations, 49920, "§4.3"),
-    Row("pixels deleted (%)", lambda c: c.percents, (25.0, 50.0, 75.0), "§4.3"),
-    Row("observation noise σ_y", lambda c: c.sigma_y, 1e-3, "§4.1"),
-    Row("U-Net channels per level", lambda c: c.net.hid_channels, (128, 256, 384), "§4.2"),
-    Row("U-Net residual blocks per level", lambda c: c.net.hid_blocks, (5, 5, 5), "§4.2"),
-    Row("attention levels (heads)", lambda c: (c.net.attention, c.net.heads), ((1,), 4), "§4.2"),
-    Row("embedding features", lambda c: c.net.emb_features, 256, "§4.2"),
-    Row("dropout", lambda c: c.net.dropout, 0.1, "§4.2"),
-    Row("q_0: observations fitted", lambda c: c.start.observations, 16384, "§4.3"),
-    Row("q_0: PPCA rank", lambda c: c.start.rank, 64, "§4.3"),
-    Row("q_0: Monte-Carlo EM iterations", lambda c: c.start.iterations, 16, "§4.3"),
-    Row("q_0: sampler, steps", lambda c: (c.start.sampler, c.start.steps), ("ddim", 256), "§4.3"),
-    Row(
-        "q_0: CG iterations",
-        lambda c: c.start.cg_iterations,
-        "until rtol 1e-3",
-        "§4.3",
-        "a fixed count (no host synchronization); 32 reach rtol 1e-3 on the fit's systems",
-    ),
-    Row("EM laps", lambda c: c.em.iterations, 32, "§4.3"),
-    Row("E-step: sampler, steps", lambda c: (c.em.sampler, c.em.steps), ("ddpm", 256), "§4.3"),
-    Row("E-step: covariance V_t", lambda c: c.em.covariance, "tweedie", "§4.3"),
-    Row("E-step: CG iterations", lambda c: c.em.cg_iterations, 1, "§4.3"),
-    Row(
-        "E-step: batch, CG dot products",
-        lambda c: (c.em.sample_batch, c.em.dot),
-        (256, "batch"),
-        "§4.3",
-    ),
-    Row(
-        "E-step: start mean (PPCA of the first samples)",
-        lambda c: c.em.mean_samples,
-        16384,
-        "§4.3",
-    ),
-    Row("M-step: Adam steps per lap (256 epochs)", lambda c: c.em.train_steps, 49920, "§4.3"),
-    Row("M-step: batch size", lambda c: c.em.batch_size, 256, "§4.3"),
-    Row(
-        "M-step: learning rate (constant)", lambda c: (c.em.lr, c.em.lr_end), (2e-4, 2e-4), "§4.3"
-    ),
-    Row("M-step: gradient clip", lambda c: c.em.clip, 1.0, "§4.3"),
-    Row("M-step: EMA decay", lambda c: c.em.ema, 0.9999, "§4.3"),
-    Row("M-step: flip, shift (px)", lambda c: (c.em.flip, c.em.shift), (True, 1), "§4.3"),
-    Row(
-        "evaluation: samples, DDIM steps",
-        lambda c: (c.eval_samples, c.eval_steps),
-        (50176, 256),
-        "§4.4",
-    ),
-]
+    *rows([("train observations (batches of 256, drop last)", "observations"),
+           ("pixels deleted (%)", "percents"), ("observation noise σ_y", "sigma_y")],
+          [49920, (25.0, 50.0, 75.0), 1e-3], "§4.1, §4.3"),
+    *rows(NET, [(128, 256, 384), (5, 5, 5), ((1,), 4), (256, 0.1)], "§4.2"),
+    *rows(START, [16384, 64, 16, ("ddim", 256), "until rtol 1e-3"], "§4.3", start_cg_iterations=(
+        "a fixed count, no host synchronization; the paper's CG stops at rtol 1e-3, uncapped")),
+    *rows(LAPS, [32, ("ddpm", 256), "tweedie", 1, (256, "batch"), 16384, 49920, 256,
+                 (2e-4, 2e-4), (1.0, 0.9999), (True, 1)], "§4.3"),
+    *rows([("evaluation: samples, DDIM steps", "eval_samples eval_steps")], [(50176, 256)],
+          "§4.4"),
+]  # fmt: skip
 
 # protocols §5 (the paper's fastMRI code, experiments/fastmri/)
 TABLE3 = [
-    Row("slice size (pixels)", lambda c: c.size, 320, "§5.1"),
-    Row("acceleration R of the training masks", lambda c: c.R, 6.0, "§5.1"),
-    Row("observation noise σ_y", lambda c: c.sigma_y, 1e-2, "§5.1"),
-    Row("posterior samples per observation", lambda c: c.duplicate, 2, "§5.3"),
-    Row("pixel unshuffle", lambda c: c.net.pixel_shuffle, 4, "§5.2"),
-    Row("U-Net channels (after unshuffle)", lambda c: c.net.channels, 16, "§5.2"),
-    Row("U-Net channels per level", lambda c: c.net.hid_channels, (128, 256, 384, 512), "§5.2"),
-    Row("U-Net residual blocks per level", lambda c: c.net.hid_blocks, (3, 3, 3, 3), "§5.2"),
-    Row("attention levels (heads)", lambda c: (c.net.attention, c.net.heads), ((3,), 4), "§5.2"),
-    Row(
-        "embedding features, dropout",
-        lambda c: (c.net.emb_features, c.net.dropout),
-        (256, 0.1),
-        "§5.2",
-    ),
-    Row("q_0: observations fitted", lambda c: c.start.observations, 4096, "§5.3"),
-    Row("q_0: PPCA rank", lambda c: c.start.rank, 64, "§5.3"),
-    Row("q_0: Monte-Carlo EM iterations", lambda c: c.start.iterations, 16, "§5.3"),
-    Row("q_0: sampler, steps", lambda c: (c.start.sampler, c.start.steps), ("ddim", 256), "§5.3"),
-    Row("q_0: CG iterations", lambda c: c.start.cg_iterations, 5, "§5.3"),
-    Row("EM laps", lambda c: c.em.iterations, 16, "§5.3"),
-    Row("E-step: sampler, steps", lambda c: (c.em.sampler, c.em.steps), ("ddpm", 64), "§5.3"),
-    Row("E-step: covariance V_t", lambda c: c.em.covariance, "tweedie", "§5.3"),
-    Row("E-step: CG iterations", lambda c: c.em.cg_iterations, 3, "§5.3"),
-    Row(
-        "E-step: batch, CG dot products",
-        lambda c: (c.em.sample_batch, c.em.dot),
-        (256, "batch"),
-        "§5.3",
-    ),
-    Row(
-        "E-step: start mean (PPCA of the first samples)",
-        lambda c: c.em.mean_samples,
-        16384,
-        "§5.3",
-    ),
-    Row(
-        "M-step: Adam steps per lap",
-        lambda c: c.em.train_steps,
-        "64 epochs",
-        "§5.3",
-        "15 000 steps: 64 epochs of about 2 × 30 000 slices in batches of 256",
-    ),
-    Row("M-step: batch size", lambda c: c.em.batch_size, 256, "§5.3"),
-    Row(
-        "M-step: learning rate (constant)", lambda c: (c.em.lr, c.em.lr_end), (1e-4, 1e-4), "§5.3"
-    ),
-    Row("M-step: gradient clip", lambda c: c.em.clip, 1.0, "§5.3"),
-    Row("M-step: EMA decay", lambda c: c.em.ema, 0.999, "§5.3"),
-    Row("M-step: flip, shift (px)", lambda c: (c.em.flip, c.em.shift), (True, 4), "§5.3"),
-    Row("evaluation: accelerations", lambda c: c.accelerations, (4.0, 8.0, 16.0, 32.0), "§5.4"),
-    Row(
-        "evaluation: sampler steps, CG iterations",
-        lambda c: (c.eval_steps, c.eval_cg),
-        (64, 5),
-        "§5.4",
-    ),
-]
+    *rows([("slice size (pixels)", "size"), ("acceleration R of the training masks", "R"),
+           ("observation noise σ_y", "sigma_y"), ("posterior samples per observation",
+           "duplicate"), ("pixel unshuffle, U-Net channels", "net.pixel_shuffle net.channels")],
+          [320, 6.0, 1e-2, 2, (4, 16)], "§5.1-5.3"),
+    *rows(NET, [(128, 256, 384, 512), (3, 3, 3, 3), ((3,), 4), (256, 0.1)], "§5.2"),
+    *rows(START, [4096, 64, 16, ("ddim", 256), 5], "§5.3"),
+    *rows(LAPS, [16, ("ddpm", 64), "tweedie", 3, (256, "batch"), 16384, "64 epochs", 256,
+                 (1e-4, 1e-4), (1.0, 0.999), (True, 4)], "§5.3", em_train_steps=(
+        "15 000 steps: 64 epochs of about 2 × 30 000 slices in batches of 256")),
+    *rows([("evaluation: accelerations", "accelerations"),
+           ("evaluation: sampler steps, CG iterations", "eval_steps eval_cg")],
+          [(4.0, 8.0, 16.0, 32.0), (64, 5)], "§5.4"),
+]  # fmt: skip
 
 
 def _preset(script: str) -> Any:
@@ -202,11 +157,9 @@ def markdown(title: str, rows: list[dict[str, Any]]) -> str:
 class Tables23Config(Outputs):
     r"""Tables 2 and 3: the hyperparameters of the paper configurations."""
 
-    name: str = option("tables23", "name of the result files", check=PLAIN_NAME)
-
 
 def main(argv: list[str] | None = None) -> int:
-    paper = Tables23Config()
+    paper = Tables23Config(name="tables23")
     cfg = parse_run(Tables23Config, argv, quick=paper, paper=paper, prog="reproduce/tables23.py")
     if cfg is None:  # --dry-run
         return 0

@@ -77,7 +77,8 @@ def test_table4_quick_tiny(tmp_path):
     assert set(frame.metric) == {"psnr", "ssim", "mean_rmse", "nearest_mass_tv", "ot_score"}
     assert len(frame) == 2 * 2 * 5 and frame.value.notna().all()
     # the paper configuration stops before any work when a file is missing
-    assert table4.main(["--images", "1", "--image-dir", str(tmp_path / "none")]) == 2
+    none = ["--images", "1", "--image-dir", str(tmp_path / "none"), "--device", "cpu"]
+    assert table4.main(none) == 2
 
 
 def test_table4_paper_path_on_tiny_files(tmp_path):
