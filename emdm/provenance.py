@@ -21,14 +21,15 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import torch
-from matplotlib.figure import Figure
 
 from .publish import Publication
+
+if TYPE_CHECKING:  # pandas and matplotlib load when a result is written, not with emdm
+    from matplotlib.figure import Figure
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -147,7 +148,7 @@ def write_results(
     quick: bool,
     extra: dict[str, Any] | None = None,
     device: torch.device | str | None = None,
-    figures: Mapping[str, Figure] | None = None,
+    figures: "Mapping[str, Figure] | None" = None,
     arrays: Mapping[str, np.ndarray] | None = None,
     texts: Mapping[str, str] | None = None,
     segments: list[dict[str, Any]] | None = None,
@@ -193,6 +194,8 @@ def write_results(
     if segments is not None:
         meta["segments"] = segments
     json.dumps(meta, default=str)  # fails here, before any write
+
+    import pandas as pd
 
     frame = pd.DataFrame(rows)
     for column in frame.columns:  # integer columns with gaps stay integers, not 32.0

@@ -29,12 +29,13 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from . import faults
 from .errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 LOCK = ".publish.lock"
 
@@ -193,7 +194,7 @@ class Publication:
 
 def read_results(
     name: str, out_dir: str | os.PathLike = "results"
-) -> tuple[pd.DataFrame, dict[str, Any]]:
+) -> "tuple[pd.DataFrame, dict[str, Any]]":
     r"""Reads the result `name` from `out_dir`: its CSV as a frame and its JSON.
 
     It takes the publication lock (completing a publication killed half-way first), so the
@@ -214,6 +215,8 @@ def read_results(
             _complete(out_dir)
         meta = json.loads(js.read_text())
         data = csv.read_bytes()  # hashed and parsed from the same bytes
+        import pandas as pd  # with a result read, not with emdm
+
         frame = pd.read_csv(io.BytesIO(data))
         hashes = meta.get("files", {})
         for name, expected in hashes.items():
