@@ -20,7 +20,7 @@ import types
 
 import torch
 
-from bench.common import conditions, median_ms, set_threads
+from bench.common import conditions, median_ms, set_threads, write_timed_results
 from emdm.config import (
     NONNEGATIVE,
     PLAIN_NAME,
@@ -30,7 +30,6 @@ from emdm.config import (
     option,
     parse_config,
 )
-from emdm.provenance import write_results
 from emdm.solvers import cg
 
 
@@ -94,9 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             ]
             print(f"D {D}, {k} iterations: {cfg.commit} {old:.3f} ms, now {new:.3f} ms, "
                   f"ratio {new / old:.3f} (A/A: {copy / old:.3f})")  # fmt: skip
-    write_results(cfg.name, rows, config_dict(cfg), wall_time=time.perf_counter() - start,
-                  out_dir=cfg.out, quick=False, device="cpu",
-                  extra={"conditions": {"before": before, "after": conditions()}})  # fmt: skip
+    write_timed_results(cfg.name, rows, cfg, wall_time=time.perf_counter() - start,
+                        out_dir=cfg.out, device="cpu", before=before)  # fmt: skip
     return 0
 
 

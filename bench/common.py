@@ -4,7 +4,8 @@ r"""What the benchmark scripts and asv suites share, so that none imports anothe
   (the median and interquartile range of repeated calls after a warm-up).
 * The conditions of a timing: :func:`set_threads` and :func:`conditions` (the torch thread
   count and the load average, recorded in every result's JSON: threads that share their cores
-  with other processes wait at every parallel op, so a timing means little without them).
+  with other processes wait at every parallel op, so a timing means little without them);
+  :func:`write_timed_results` publishes a result with them.
 * :class:`Bounded`: asv's sampling settings for calls of milliseconds.
 * :class:`MMPSProblem` and :func:`mmps_problem`: the seeded MMPS problem of
   `bench/mmps_cost.py`, also timed by `bench/bench_mmps.py`.
@@ -22,7 +23,8 @@ from collections.abc import Callable
 import torch
 
 import emdm
-from emdm.config import NONNEGATIVE, POSITIVE, Checked, option
+from emdm.config import NONNEGATIVE, POSITIVE, Checked, config_dict, option
+from emdm.provenance import write_results
 
 
 def synchronizer(device) -> Callable[[], None]:
@@ -71,6 +73,27 @@ def conditions() -> dict[str, object]:
     r"""The torch thread count and the 1, 5 and 15 minute load averages, now; a result
     records them before and after its timings."""
     return {"threads": torch.get_num_threads(), "loadavg": list(os.getloadavg())}
+
+
+def write_timed_results(
+    name: str,
+    rows: list[dict],
+    cfg: Checked,
+    *,
+    wall_time: float,
+    out_dir,
+    device,
+    before: dict[str, object],
+    quick: bool = False,
+    extra: dict[str, object] | None = None,
+):
+    r"""Publishes a benchmark's `rows` and `cfg` as `<out_dir>/<name>.{csv,json}`
+    (:func:`emdm.provenance.write_results`), its JSON's extra holding `extra` and then the
+    conditions (:func:`conditions`) before the timings, `before`, and after them, now.
+    Returns what :func:`emdm.provenance.write_results` returns."""
+    extra = {**(extra or {}), "conditions": {"before": before, "after": conditions()}}
+    return write_results(name, rows, config_dict(cfg), wall_time=wall_time, out_dir=out_dir,
+                         quick=quick, device=device, extra=extra)  # fmt: skip
 
 
 class Bounded:

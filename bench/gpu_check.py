@@ -35,11 +35,11 @@ from bench.common import (
     median_ms,
     mri_bytes,
     mri_problem,
+    write_timed_results,
 )
 from emdm.config import DEVICE, POSITIVE, Checked, at_least, config_dict, option, parse_config
 from emdm.kernels.cg import cg_update
 from emdm.kernels.mri import mri_adjoint, mri_forward
-from emdm.provenance import write_results
 
 
 @dataclasses.dataclass
@@ -132,11 +132,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import triton
 
-    write_results(
-        f"gpu-{slug}", rows, config_dict(cfg), wall_time=time.perf_counter() - start,
-        out_dir=cfg.out, quick=device.type != "cuda", device=device,
-        extra={"targets_met": targets, "triton": triton.__version__, "device_name": name,
-               "conditions": {"before": before, "after": conditions()}},
+    write_timed_results(
+        f"gpu-{slug}", rows, cfg, wall_time=time.perf_counter() - start, out_dir=cfg.out,
+        device=device, before=before, quick=device.type != "cuda",
+        extra={"targets_met": targets, "triton": triton.__version__, "device_name": name},
     )  # fmt: skip
     return 0
 

@@ -52,6 +52,7 @@ from bench.common import (
     set_threads,
     synchronizer,
     timed,
+    write_timed_results,
 )
 from emdm.config import (
     DEVICE,
@@ -62,7 +63,6 @@ from emdm.config import (
     option,
     parse_config,
 )
-from emdm.provenance import write_results
 
 BENCHMARK = "mmps_cost"
 
@@ -195,19 +195,9 @@ def main(argv: list[str] | None = None) -> None:
         for metric, value in res.items()
     ]
     out = Path(cfg.out)
-    csv, _ = write_results(
-        out.name,
-        rows,
-        config_dict(cfg),
-        wall_time=wall_s,
-        out_dir=out.parent,
-        quick=False,
-        device=device,
-        extra={
-            "target": "ratio <= 1.10 on CPU (issue 2)",
-            "conditions": {"before": before, "after": conditions()},
-        },
-    )
+    csv, _ = write_timed_results(out.name, rows, cfg, wall_time=wall_s, out_dir=out.parent,
+                                 device=device, before=before,
+                                 extra={"target": "ratio <= 1.10 on CPU (issue 2)"})  # fmt: skip
     print(f"wrote {csv} and {csv.with_suffix('.json')}")
 
 

@@ -4,10 +4,19 @@ An entry point's config derives from :class:`Outputs` (the scale its results are
 where they go and under which name, how verbose the run is), :class:`DeviceRun` (plus the
 device) or :class:`ResumableRun` (plus `--resume`, for the long runs that work in an
 :class:`emdm.runs.RunFolder`), and sets the default of `name`. :func:`parse_run` parses the
-command line with the entry point's quick and paper presets and answers `--dry-run`.
+command line with the entry point's quick and paper presets and answers `--dry-run`;
+:func:`run_in_folder` runs a long entry point in its folder and :func:`learn_prior_in` learns
+its prior there.
 """
 
-__all__ = ["DeviceRun", "Outputs", "ResumableRun", "parse_run", "run_in_folder"]
+__all__ = [
+    "DeviceRun",
+    "Outputs",
+    "ResumableRun",
+    "learn_prior_in",
+    "parse_run",
+    "run_in_folder",
+]
 
 import argparse
 import dataclasses
@@ -30,6 +39,7 @@ from .config import (
     run_identity,
 )
 from .distributed import Context, init
+from .prior import learn_prior
 from .publish import check_writable
 from .runs import RunFolder
 
@@ -94,3 +104,34 @@ def run_in_folder(
         work(ctx, device, out, run)
         run.finish()  # rank 0 records it; the others only release
     return 0
+
+
+def learn_prior_in(run: RunFolder, cfg: ResumableRun, denoiser, obs, shape, schedule, **kwargs):
+    r"""Learns the prior of an entry point in its folder: :func:`emdm.prior.learn_prior` with
+    the config's `em`, `start` and `net` fields, in `run.path`, resumed if `run` is, under the
+    run's identity (:func:`emdm.config.run_identity`), with progress bars unless `cfg.quiet`.
+
+    Arguments:
+        run: The entry point's open folder.
+        cfg: Its config, with the fields `em`, `start` and `net`.
+        denoiser, obs, shape, schedule: As for :func:`emdm.prior.learn_prior`.
+        kwargs: The other keyword arguments of :func:`emdm.prior.learn_prior` (`callback`,
+            `ctx`, ...).
+
+    Returns:
+        What :func:`emdm.prior.learn_prior` returns.
+    """
+    return learn_prior(
+        denoiser,
+        obs,
+        shape,
+        cfg.em,
+        schedule,
+        cfg.start,
+        directory=run.path,
+        resume=run.resuming,
+        identity=run_identity(cfg),
+        progress=not cfg.quiet,
+        net=cfg.net,
+        **kwargs,
+    )

@@ -273,29 +273,20 @@ def mri_adjoint_triton(y: Tensor, mask: Tensor, out: Tensor | None = None) -> Te
     return _demodulate(z, out)
 
 
-class _Forward(torch.autograd.Function):
-    # the kernels are linear: each one's backward is the other
+class _Triton(torch.autograd.Function):
+    r"""The forward kernel (`adjoint=False`) or the adjoint one, differentiable: they are
+    linear, so each one's backward is the other."""
+
     @staticmethod
-    def forward(ctx, x: Tensor, mask: Tensor) -> Tensor:
+    def forward(ctx, v: Tensor, mask: Tensor, adjoint: bool) -> Tensor:
         ctx.save_for_backward(mask)
-        return mri_forward_triton(x, mask)
+        ctx.adjoint = adjoint
+        return (mri_adjoint_triton if adjoint else mri_forward_triton)(v, mask)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
         (mask,) = ctx.saved_tensors
-        return _Adjoint.apply(grad, mask), None
-
-
-class _Adjoint(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, y: Tensor, mask: Tensor) -> Tensor:
-        ctx.save_for_backward(mask)
-        return mri_adjoint_triton(y, mask)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        (mask,) = ctx.saved_tensors
-        return _Forward.apply(grad, mask), None
+        return _Triton.apply(grad, mask, not ctx.adjoint), None, None
 
 
 # Dispatchers
@@ -316,7 +307,7 @@ def mri_forward(x: Tensor, mask: Tensor, provider: str | None = None) -> Tensor:
     mask = _check_x(x, mask)
     if resolve(provider, x, mask) == "ref":
         return mri_forward_reference(x, mask)
-    return _Forward.apply(x, mask)
+    return _Triton.apply(x, mask, False)
 
 
 def mri_adjoint(y: Tensor, mask: Tensor, provider: str | None = None) -> Tensor:
@@ -334,4 +325,4 @@ def mri_adjoint(y: Tensor, mask: Tensor, provider: str | None = None) -> Tensor:
     mask = _check_y(y, mask)
     if resolve(provider, y, mask) == "ref":
         return mri_adjoint_reference(y, mask)
-    return _Adjoint.apply(y, mask)
+    return _Triton.apply(y, mask, True)

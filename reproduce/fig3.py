@@ -39,11 +39,11 @@ from emdm.config import (
 from emdm.data import RandomManifold, observe, random_projections
 from emdm.em import EMConfig
 from emdm.errors import cli
-from emdm.experiment import ResumableRun, parse_run
+from emdm.experiment import ResumableRun, learn_prior_in, parse_run
 from emdm.metrics import ot_score
 from emdm.observation import Observation
 from emdm.plots import figure, pairs
-from emdm.prior import GaussianStart, MLPConfig, learn_prior
+from emdm.prior import GaussianStart, MLPConfig
 from emdm.progress import say
 from emdm.provenance import write_results
 from emdm.publish import check_writable
@@ -104,20 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.manual_seed(cfg.seed)
             denoiser, schedule = cfg.net.build().to(device), VESchedule(1e-3, cfg.sigma_max)
             callback = _logger(cfg, run, manifold, truth)
-            learn_prior(
-                denoiser,
-                obs.to(device),
-                (5,),
-                cfg.em,
-                schedule,
-                cfg.start,
-                directory=run.path,
-                resume=run.resuming,
-                identity=run_identity(cfg),
-                callback=callback,
-                progress=not cfg.quiet,
-                net=cfg.net,
-            )
+            learn_prior_in(run, cfg, denoiser, obs.to(device), (5,), schedule, callback=callback)
         _publish(cfg, run, out, truth, device)
         run.finish()
     if not cfg.quiet:

@@ -23,23 +23,16 @@ from pathlib import Path
 import torch
 
 from emdm import VESchedule
-from emdm.config import (
-    NONNEGATIVE,
-    POSITIVE,
-    at_least,
-    config_dict,
-    option,
-    run_identity,
-)
+from emdm.config import NONNEGATIVE, POSITIVE, at_least, config_dict, option
 from emdm.data import load_fastmri, mri_observations, phantoms, zero_filled
 from emdm.em import EMConfig, e_step
 from emdm.errors import cli
-from emdm.experiment import ResumableRun, parse_run, run_in_folder
+from emdm.experiment import ResumableRun, learn_prior_in, parse_run, run_in_folder
 from emdm.metrics import psnr, ssim, to_unit
 from emdm.observation import Observation
 from emdm.operators import MRIOperator
 from emdm.plots import image_grid
-from emdm.prior import GaussianStart, UNetConfig, learn_prior, load_prior
+from emdm.prior import GaussianStart, UNetConfig, load_prior
 from emdm.provenance import write_results
 from emdm.runs import RunFolder
 
@@ -133,19 +126,8 @@ def _run(cfg: Fig6Config, ctx, device, out: Path, run: RunFolder) -> None:
     schedule = VESchedule(1e-3, 1e2)
     torch.manual_seed(cfg.seed)
     obs = Observation(MRIOperator(mask.float()), y, cfg.sigma_y**2)
-    learn_prior(
-        cfg.net.build().to(device),
-        obs,
-        tuple(x.shape[1:]),
-        cfg.em,
-        schedule,
-        cfg.start,
-        directory=run.path,
-        resume=run.resuming,
-        identity=run_identity(cfg),
-        ctx=ctx,
-        progress=not cfg.quiet,
-        net=cfg.net,
+    learn_prior_in(
+        run, cfg, cfg.net.build().to(device), obs, tuple(x.shape[1:]), schedule, ctx=ctx
     )
     if not ctx.main:
         return

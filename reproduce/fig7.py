@@ -16,13 +16,7 @@ import time
 
 import torch
 
-from emdm.config import (
-    NONNEGATIVE,
-    POSITIVE,
-    at_least,
-    config_dict,
-    option,
-)
+from emdm.config import NONNEGATIVE, POSITIVE, at_least, config_dict, option
 from emdm.data import RandomManifold
 from emdm.errors import cli
 from emdm.experiment import Outputs, parse_run

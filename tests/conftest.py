@@ -27,6 +27,20 @@ def random_dplr(N, r, gen, batch=(), dtype=torch.float64):
     return D, U
 
 
+def gaussian_problem(gen, B, D, M, rank=2, dtype=torch.float64):
+    r"""A random linear-Gaussian problem: the prior N(μ, Σ_x) on R^D, Σ_x a DPLR of rank
+    `rank`, with its exact denoiser, and B observation matrices A (B, M, D), observations y
+    (B, M) and states x_t (B, D). Returns (denoiser, Σ_x, μ, A, y, x_t)."""
+    from emdm import DPLR, GaussianDenoiser
+
+    cov_x = DPLR(*random_dplr(D, rank, gen, dtype=dtype))
+    mu = torch.randn(D, generator=gen, dtype=dtype)
+    A = torch.randn((B, M, D), generator=gen, dtype=dtype)
+    y = torch.randn((B, M), generator=gen, dtype=dtype)
+    x_t = torch.randn((B, D), generator=gen, dtype=dtype)
+    return GaussianDenoiser(mu, cov_x), cov_x, mu, A, y, x_t
+
+
 def write_fake_inception(path):
     r"""Writes a stand-in for torch-fidelity's Inception-v3 weights file: the entries
     `emdm.metrics.fidelity.inception_weights_path` checks, with their shapes (zeros), not

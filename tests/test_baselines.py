@@ -5,9 +5,9 @@ import math
 
 import pytest
 import torch
-from conftest import random_dplr
+from conftest import gaussian_problem
 
-from emdm import DPLR, VPDDIM, DenseOperator, GaussianDenoiser, VPSchedule
+from emdm import VPDDIM, DenseOperator, VPSchedule
 from emdm.benchmark import CountingDenoiser
 from emdm.denoisers import EpsilonDenoiser
 from emdm.guidance import BASELINES, DPS, PGDM, TMPD, DiffPIR
@@ -19,13 +19,8 @@ COV_Y = 0.1**2
 
 @pytest.fixture
 def problem(gen):
-    Dg, U = random_dplr(D, 2, gen)
-    cov_x = DPLR(Dg, U)
-    mu = torch.randn(D, generator=gen, dtype=DT)
-    A = torch.randn((B, M, D), generator=gen, dtype=DT)
-    y = torch.randn((B, M), generator=gen, dtype=DT)
-    x_t = torch.randn((B, D), generator=gen, dtype=DT)
-    return GaussianDenoiser(mu, cov_x), cov_x.dense(), A, y, x_t
+    denoiser, cov_x, _, A, y, x_t = gaussian_problem(gen, B, D, M)
+    return denoiser, cov_x.dense(), A, y, x_t
 
 
 def moments(denoiser, S, x_t, sigma):

@@ -12,20 +12,7 @@ from torch_fidelity.utils import create_feature_extractor
 
 from emdm.data import load_cifar10
 from emdm.errors import UserError
-from emdm.metrics import (
-    INCEPTION,
-    INCEPTION_FILE,
-    TINY,
-    FidelityFeatures,
-    Uint8Images,
-    fidelity_metrics,
-    frechet_distance,
-    gaussian_statistics,
-    inception_score,
-    inception_weights_path,
-    register_tiny_extractor,
-    to_uint8,
-)
+from emdm.metrics import fid, fidelity
 
 
 def _no_network(*args, **kwargs):
@@ -61,8 +48,8 @@ def images(n, seed, kind="uniform", size=16, channels=3):
 
 
 def tiny(x, y=None, **kwargs):
-    return fidelity_metrics(
-        x, x if y is None else y, feature_extractor=TINY, device="cpu", **kwargs
+    return fidelity.fidelity_metrics(
+        x, x if y is None else y, feature_extractor=fidelity.TINY, device="cpu", **kwargs
     )
 
 
@@ -75,27 +62,29 @@ def test_uint8_round_trip_of_the_cifar_loader(tmp_path):
         with open(folder / name, "wb") as f:
             pickle.dump({b"data": u.astype(np.uint8)}, f)
     x = load_cifar10(tmp_path, "train")
-    assert torch.equal(to_uint8(x), torch.from_numpy(np.tile(u, (5, 1))).reshape(-1, 3, 32, 32))
+    assert torch.equal(
+        fidelity.to_uint8(x), torch.from_numpy(np.tile(u, (5, 1))).reshape(-1, 3, 32, 32)
+    )
 
 
 def test_to_uint8_rounds_and_clips():
     x = torch.tensor([-3.0, -2.0, -2 + 0.4 / 64, -2 + 0.6 / 64, 0.0, 2 - 1 / 64, 2.0, 5.0])
-    u = to_uint8(x.view(1, 1, 1, -1)).flatten().tolist()
+    u = fidelity.to_uint8(x.view(1, 1, 1, -1)).flatten().tolist()
     assert u == [0, 0, 0, 1, 128, 255, 255, 255]
     v = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
-    assert to_uint8(v) is v
+    assert fidelity.to_uint8(v) is v
     with pytest.raises(ValueError, match="dtype"):
-        to_uint8(v.long())
+        fidelity.to_uint8(v.long())
     with pytest.raises(ValueError, match="NaN"):
-        to_uint8(torch.full((1, 1, 2, 2), float("nan")))
+        fidelity.to_uint8(torch.full((1, 1, 2, 2), float("nan")))
 
 
 def test_dataset_yields_uint8_chw_items():
-    u = to_uint8(images(5, 0))
-    data = Uint8Images(u)
+    u = fidelity.to_uint8(images(5, 0))
+    data = fidelity.Uint8Images(u)
     assert len(data) == 5 and torch.equal(data[3], u[3]) and data[0].dtype == torch.uint8
     with pytest.raises(ValueError, match="uint8"):
-        Uint8Images(u.float())
+        fidelity.Uint8Images(u.float())
 
 
 def test_fid_of_a_set_with_itself_is_zero_and_halves_are_closer_than_other_laws():
@@ -109,11 +98,15 @@ def test_fid_of_a_set_with_itself_is_zero_and_halves_are_closer_than_other_laws(
 def test_fid_and_is_match_a_direct_computation_on_the_extracted_features():
     x, y = images(96, 3, kind="blobs"), images(80, 4, size=12, channels=1)
     out = tiny(x, y, isc_splits=1, batch_size=32)
-    extractor = create_feature_extractor(TINY, ["features", "logits"], cuda=False, verbose=False)
+    extractor = create_feature_extractor(
+        fidelity.TINY, ["features", "logits"], cuda=False, verbose=False
+    )
     with torch.no_grad():
-        f_x, logits = extractor(to_uint8(x))
-        f_y, _ = extractor(to_uint8(y))
-    expected = frechet_distance(*gaussian_statistics(f_x), *gaussian_statistics(f_y)).item()
+        f_x, logits = extractor(fidelity.to_uint8(x))
+        f_y, _ = extractor(fidelity.to_uint8(y))
+    expected = fid.frechet_distance(
+        *fid.gaussian_statistics(f_x), *fid.gaussian_statistics(f_y)
+    ).item()
     assert out["fid"] == pytest.approx(expected, rel=1e-3)
     # IS over one split: exp(E KL(p(y|x) || p(y)))
     log_p = logits.double().log_softmax(-1)
@@ -124,9 +117,9 @@ def test_fid_and_is_match_a_direct_computation_on_the_extracted_features():
 
 
 def test_inception_score_with_ten_splits_lies_between_one_and_the_class_count():
-    name = register_tiny_extractor(dim=16, num_classes=5, seed=1)
+    name = fidelity.register_tiny_extractor(dim=16, num_classes=5, seed=1)
     x = images(100, 5, kind="blobs")
-    out = fidelity_metrics(x, x, feature_extractor=name, fid=False, device="cpu")
+    out = fidelity.fidelity_metrics(x, x, feature_extractor=name, fid=False, device="cpu")
     assert 1 <= out["isc_mean"] <= 5 and out["isc_std"] >= 0
     assert set(out) == {
         "feature_extractor", "isc_mean", "isc_std", "feature_layer_isc", "isc_splits",
@@ -137,11 +130,16 @@ def test_inception_score_with_ten_splits_lies_between_one_and_the_class_count():
 
 
 def test_tiny_extractor_registration_is_idempotent_and_deterministic():
-    assert register_tiny_extractor() == TINY == register_tiny_extractor(64, 10, 0)
-    u = to_uint8(images(4, 6, size=9, channels=1))
+    assert (
+        fidelity.register_tiny_extractor()
+        == fidelity.TINY
+        == fidelity.register_tiny_extractor(64, 10, 0)
+    )
+    u = fidelity.to_uint8(images(4, 6, size=9, channels=1))
     state = torch.random.get_rng_state()
     a, b = (
-        create_feature_extractor(TINY, ["logits"], cuda=False, verbose=False) for _ in range(2)
+        create_feature_extractor(fidelity.TINY, ["logits"], cuda=False, verbose=False)
+        for _ in range(2)
     )
     with torch.no_grad():
         (la,), (lb,) = a(u), b(u)
@@ -173,15 +171,17 @@ def no_work(monkeypatch):
 
 def test_missing_inception_weights_fail_before_any_work(tmp_path, monkeypatch, no_work):
     x = images(20, 0)
-    missing = tmp_path / "nowhere" / INCEPTION_FILE
+    missing = tmp_path / "nowhere" / fidelity.INCEPTION_FILE
     with pytest.raises(FileNotFoundError, match=r"nowhere.*releases/download"):
-        fidelity_metrics(x, x, inception_weights=missing, device="cpu")
+        fidelity.fidelity_metrics(x, x, inception_weights=missing, device="cpu")
     monkeypatch.setenv("EMDM_INCEPTION", str(missing))
     with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
-        fidelity_metrics(x, x, device="cpu")
+        fidelity.fidelity_metrics(x, x, device="cpu")
     # a folder stands for the file inside it
-    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / INCEPTION_FILE))):
-        inception_weights_path(tmp_path)
+    with pytest.raises(
+        FileNotFoundError, match=re.escape(str(tmp_path / fidelity.INCEPTION_FILE))
+    ):
+        fidelity.inception_weights_path(tmp_path)
 
 
 def _wrong_network(path):
@@ -212,12 +212,12 @@ def _nan_weights(path):
 def test_damaged_inception_weights_fail_before_any_work(tmp_path, write, match, no_work):
     # a garbage file used to fail inside torch-fidelity, after the sampling, with
     # "invalid literal for int()"
-    weights = tmp_path / INCEPTION_FILE
+    weights = tmp_path / fidelity.INCEPTION_FILE
     write(weights)
     x = images(20, 0)
     for call in (
-        lambda: inception_weights_path(weights),
-        lambda: fidelity_metrics(x, x, inception_weights=weights, device="cpu"),
+        lambda: fidelity.inception_weights_path(weights),
+        lambda: fidelity.fidelity_metrics(x, x, inception_weights=weights, device="cpu"),
     ):
         with pytest.raises(UserError, match=match) as error:
             call()
@@ -225,7 +225,7 @@ def test_damaged_inception_weights_fail_before_any_work(tmp_path, write, match, 
         assert str(weights) in message and "download" in message
         assert "invalid literal" not in message
     write_fake_inception(weights)  # mended: the same path passes (the check is not cached)
-    assert inception_weights_path(weights) == weights
+    assert fidelity.inception_weights_path(weights) == weights
 
 
 @pytest.mark.parametrize(
@@ -246,13 +246,13 @@ def test_bad_inputs_are_rejected(samples, match, no_work):
 def test_other_extractors_are_rejected(no_work):
     x = images(20, 0)
     with pytest.raises(ValueError, match="download"):
-        fidelity_metrics(x, x, feature_extractor="vgg16", device="cpu")
+        fidelity.fidelity_metrics(x, x, feature_extractor="vgg16", device="cpu")
     with pytest.raises(ValueError, match="unknown"):
-        fidelity_metrics(x, x, feature_extractor="inception", device="cpu")
+        fidelity.fidelity_metrics(x, x, feature_extractor="inception", device="cpu")
 
 
 def test_inception_kwargs_are_the_papers_defaults_offline(tmp_path, monkeypatch):
-    weights = write_fake_inception(tmp_path / INCEPTION_FILE)
+    weights = write_fake_inception(tmp_path / fidelity.INCEPTION_FILE)
     seen = {}
 
     def spy(**kwargs):
@@ -265,15 +265,19 @@ def test_inception_kwargs_are_the_papers_defaults_offline(tmp_path, monkeypatch)
 
     monkeypatch.setattr(torch_fidelity, "calculate_metrics", spy)
     monkeypatch.setenv("EMDM_INCEPTION", str(weights))
-    out = fidelity_metrics(images(20, 0, channels=1), images(30, 1), device="cpu")
-    assert out["fid"] == 5.0 and out["isc_mean"] == 8.0 and out["feature_extractor"] == INCEPTION
+    out = fidelity.fidelity_metrics(images(20, 0, channels=1), images(30, 1), device="cpu")
+    assert (
+        out["fid"] == 5.0
+        and out["isc_mean"] == 8.0
+        and out["feature_extractor"] == fidelity.INCEPTION
+    )
     assert (out["feature_layer_fid"], out["feature_layer_isc"]) == ("2048", "logits_unbiased")
     x1, x2 = seen.pop("input1"), seen.pop("input2")
     assert len(x1) == 20 and len(x2) == 30
     assert x1[0].dtype == torch.uint8 and x1[0].shape == (3, 16, 16)  # gray replicated to RGB
     assert seen == {
         "fid": True, "isc": True, "kid": False, "prc": False, "ppl": False,
-        "feature_extractor": INCEPTION, "feature_extractor_weights_path": str(weights),
+        "feature_extractor": fidelity.INCEPTION, "feature_extractor_weights_path": str(weights),
         "isc_splits": 10, "batch_size": 64, "cuda": False, "save_cpu_ram": True,
         "datasets_download": False, "cache": False, "cache_root": None,
         "input2_cache_name": None, "verbose": False,
@@ -295,11 +299,11 @@ def test_inception_runs_from_a_local_weights_file(tmp_path):
         torch.random.fork_rng(),
     ):
         torch.manual_seed(0)
-        state = cls(INCEPTION, ["2048"]).state_dict()
-    weights = tmp_path / INCEPTION_FILE
+        state = cls(fidelity.INCEPTION, ["2048"]).state_dict()
+    weights = tmp_path / fidelity.INCEPTION_FILE
     torch.save(state, weights)
     x, y = images(64, 0), images(64, 1, kind="blobs", size=32)
-    out = fidelity_metrics(x, y, inception_weights=weights, device="cuda")
+    out = fidelity.fidelity_metrics(x, y, inception_weights=weights, device="cuda")
     assert np.isfinite(out["fid"]) and 1 <= out["isc_mean"] <= 1008
 
 
@@ -308,15 +312,15 @@ def test_features_build_the_extractor_once_and_draw_nothing_from_the_global_gene
 
     import torch_fidelity.feature_extractor_inceptionv3 as inception
 
-    weights = write_fake_inception(tmp_path / INCEPTION_FILE)
+    weights = write_fake_inception(tmp_path / fidelity.INCEPTION_FILE)
     cls = inception.FeatureExtractorInceptionV3
     # random weights: the test checks the generator, not the values
     with mock.patch.object(cls, "load_state_dict", lambda *a: None), torch.random.fork_rng():
         state = torch.get_rng_state()
-        cls(INCEPTION, ["2048"], feature_extractor_weights_path=str(weights))
+        cls(fidelity.INCEPTION, ["2048"], feature_extractor_weights_path=str(weights))
         assert not torch.equal(torch.get_rng_state(), state)  # its layers' initialization
         state = torch.get_rng_state()
-        features = FidelityFeatures(inception_weights=weights, device="cpu")
+        features = fidelity.FidelityFeatures(inception_weights=weights, device="cpu")
         out = features(images(2, 0, size=8))
         net = features._net
         features(images(2, 1, size=8))
@@ -327,8 +331,10 @@ def test_features_build_the_extractor_once_and_draw_nothing_from_the_global_gene
 
 def test_inception_score_equals_fidelity_metrics_on_the_tiny_extractors_logits():
     x = images(30, 0, kind="blobs")
-    logits = FidelityFeatures(TINY, device="cpu")(x)["isc"]
-    direct = fidelity_metrics(x, x, feature_extractor=TINY, fid=False, device="cpu")
-    assert inception_score(logits) == (direct["isc_mean"], direct["isc_std"])
+    logits = fidelity.FidelityFeatures(fidelity.TINY, device="cpu")(x)["isc"]
+    direct = fidelity.fidelity_metrics(
+        x, x, feature_extractor=fidelity.TINY, fid=False, device="cpu"
+    )
+    assert fidelity.inception_score(logits) == (direct["isc_mean"], direct["isc_std"])
     with pytest.raises(ValueError, match="N >= 10"):
-        inception_score(logits[:9])
+        fidelity.inception_score(logits[:9])

@@ -7,9 +7,9 @@ and with y = A x + ε, ε ~ N(0, Σ_y), E[x | x_t, y] = m + V Aᵀ (Σ_y + A V A
 
 import pytest
 import torch
-from conftest import random_dplr
+from conftest import gaussian_problem
 
-from emdm import DPLR, VPDDIM, DenseOperator, GaussianDenoiser, VPSchedule
+from emdm import DPLR, VPDDIM, DenseOperator, VPSchedule
 from emdm.covariance import Diagonal, Isotropic, LowRank
 from emdm.denoisers import SplitDenoiser
 from emdm.guidance import (
@@ -33,14 +33,8 @@ I_D = torch.eye(D, dtype=DT)
 
 @pytest.fixture
 def problem(gen):
-    Dg, U = random_dplr(D, 2, gen)
-    cov_x = DPLR(Dg, U)
-    mu = torch.randn(D, generator=gen, dtype=DT)
-    A = torch.randn((B, M, D), generator=gen, dtype=DT)
-    y = torch.randn((B, M), generator=gen, dtype=DT)
-    x_t = torch.randn((B, D), generator=gen, dtype=DT)
     sigma = torch.tensor([0.1, 1.0, 10.0], dtype=DT)  # one level per sample
-    return GaussianDenoiser(mu, cov_x), cov_x, mu, A, y, x_t, sigma
+    return (*gaussian_problem(gen, B, D, M), sigma)
 
 
 def dense(operator, like):

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from conftest import random_dplr
+from conftest import gaussian_problem, random_dplr
 
 from emdm import (
     DPLR,
@@ -32,13 +32,7 @@ I = torch.eye(D, dtype=torch.float64)
 
 @pytest.fixture
 def problem(gen):
-    Dg, U = random_dplr(D, 3, gen)
-    cov_x = DPLR(Dg, U)
-    mu = torch.randn(D, generator=gen, dtype=torch.float64)
-    A = torch.randn((B, M, D), generator=gen, dtype=torch.float64)
-    y = torch.randn((B, M), generator=gen, dtype=torch.float64)
-    x_t = torch.randn((B, D), generator=gen, dtype=torch.float64)
-    return GaussianDenoiser(mu, cov_x), cov_x, mu, A, y, x_t
+    return gaussian_problem(gen, B, D, M, rank=3)
 
 
 def posterior_mean(m, V, A, y, cov_y):

@@ -22,7 +22,15 @@ construction, and is called as a denoiser :math:`(x_t, \sigma_t) \mapsto
 its paper uses.
 """
 
-__all__ = ["Guidance", "Linearization", "PosteriorDenoiser", "SolvedGuidance"]
+__all__ = [
+    "Denoiser",
+    "Guidance",
+    "Linearization",
+    "NoiseCovariance",
+    "Operator",
+    "PosteriorDenoiser",
+    "SolvedGuidance",
+]
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -37,6 +45,23 @@ from ..dplr import DPLR
 from ..observation import Observation
 from ..operators.base import transpose
 from ..solvers import gmres
+
+#: A denoiser :math:`(x_t, \sigma_t) \mapsto \hat{x}`.
+Denoiser = Callable[[Tensor, Tensor], Tensor]
+#: A linear operator on :math:`(B, *)` tensors.
+Operator = Callable[[Tensor], Tensor]
+#: The forms of a noise covariance :math:`\Sigma_y` (see :class:`PosteriorDenoiser`).
+NoiseCovariance = float | Tensor | DPLR | Covariance
+
+
+def check_positive(name: str, value, *, integer: bool = False):
+    r"""Returns the setting `value`, or raises a `ValueError` naming it unless it is positive
+    (with `integer`, a positive `int`)."""
+    if integer and (not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not value > 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
 
 
 class Linearization:
@@ -91,13 +116,7 @@ class PosteriorDenoiser(ABC):
     `observation`, `A`, `y` and `cov_y` (a :class:`Covariance` in `y`'s dtype).
     """
 
-    def __init__(
-        self,
-        denoiser: Callable[[Tensor, Tensor], Tensor],
-        A: Callable[[Tensor], Tensor],
-        y: Tensor,
-        cov_y: "float | Tensor | DPLR | Covariance",
-    ):
+    def __init__(self, denoiser: Denoiser, A: Operator, y: Tensor, cov_y: NoiseCovariance):
         if not callable(denoiser):
             raise ValueError(f"denoiser must be callable, got {type(denoiser).__name__}")
         self.denoiser = denoiser
@@ -220,9 +239,8 @@ class SolvedGuidance(Guidance):
 
     def __init__(self, *args, iterations: int = 5, regularization: float = 1e-6, **kwargs):
         super().__init__(*args, **kwargs)
-        if not isinstance(iterations, int) or iterations < 1:
-            raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
-        self.iterations, self.regularization = iterations, regularization
+        self.iterations = check_positive("iterations", iterations, integer=True)
+        self.regularization = regularization
 
     def solve(self, matvec: Callable[[Tensor], Tensor], b: Tensor) -> Tensor:
         r"""Returns :math:`C^{-1} b` (approximately) for :math:`C` = `matvec`."""

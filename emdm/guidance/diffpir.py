@@ -21,7 +21,7 @@ __all__ = ["DiffPIR"]
 from torch import Tensor
 
 from ..denoisers.base import per_sample
-from .base import SolvedGuidance
+from .base import SolvedGuidance, check_positive
 
 
 class DiffPIR(SolvedGuidance):
@@ -37,9 +37,7 @@ class DiffPIR(SolvedGuidance):
 
     def __init__(self, *args, lam: float = 8.0, **kwargs):
         super().__init__(*args, **kwargs)
-        if not lam > 0:
-            raise ValueError(f"lam must be positive, got {lam}")
-        self.lam = lam
+        self.lam = check_positive("lam", lam)
 
     def split(self, x_t: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
         lin = self.linearize(x_t, sigma, grad=False)

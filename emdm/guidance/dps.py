@@ -27,7 +27,7 @@ import math
 import torch
 from torch import Tensor
 
-from .base import Guidance
+from .base import Guidance, check_positive
 
 
 class DPS(Guidance):
@@ -41,9 +41,7 @@ class DPS(Guidance):
 
     def __init__(self, *args, zeta: float = 0.5, **kwargs):
         super().__init__(*args, **kwargs)
-        if not zeta > 0:
-            raise ValueError(f"zeta must be positive, got {zeta}")
-        self.zeta = zeta
+        self.zeta = check_positive("zeta", zeta)
 
     def split(self, x_t: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
         lin = self.linearize(x_t, sigma, residual_graph=True)

@@ -32,15 +32,13 @@ References:
 
 __all__ = ["MMPS", "SOLVERS"]
 
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from ..covariance import Covariance
 from ..dplr import DPLR
 from ..solvers import DENSE_MAX, DOTS, cg, dense_solve, gmres
-from .base import PosteriorDenoiser
+from .base import Denoiser, NoiseCovariance, Operator, PosteriorDenoiser, check_positive
 from .covariances import PriorCovariance, prior_covariance
 
 SOLVERS = ("cg", "dense", "gmres")
@@ -84,10 +82,10 @@ class MMPS(PosteriorDenoiser):
 
     def __init__(
         self,
-        denoiser: Callable[[Tensor, Tensor], Tensor],
-        A: Callable[[Tensor], Tensor],
+        denoiser: Denoiser,
+        A: Operator,
         y: Tensor,
-        cov_y: "float | Tensor | DPLR | Covariance",
+        cov_y: NoiseCovariance,
         covariance: "str | DPLR | PriorCovariance" = "tweedie",
         iterations: int = 1,
         *,
@@ -99,8 +97,7 @@ class MMPS(PosteriorDenoiser):
     ):
         super().__init__(denoiser, A, y, cov_y)
         self.covariance = prior_covariance(covariance)
-        if not isinstance(iterations, int) or iterations < 1:
-            raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
+        check_positive("iterations", iterations, integer=True)
         if dot not in DOTS:
             raise ValueError(f"dot must be one of {DOTS}, got {dot!r}")
         if solver not in SOLVERS:
@@ -123,15 +120,7 @@ class MMPS(PosteriorDenoiser):
         super().check_x(x_t)
         self.covariance.check(x_t)
 
-    def __call__(self, x_t: Tensor, sigma: Tensor) -> Tensor:
-        r"""
-        Arguments:
-            x_t: The noisy signals, with shape :math:`(B, *)`.
-            sigma: The noise levels, with shape :math:`(B,)` or :math:`()`.
-
-        Returns:
-            :math:`\mathbb{E}[x \mid x_t, y]`, with the shape of `x_t`, detached.
-        """
+    def __call__(self, x_t: Tensor, sigma: Tensor) -> Tensor:  # see PosteriorDenoiser.__call__
         lin = self.linearize(x_t, sigma, check=self.check)
         A, A_T, cov_y = lin.A, lin.A_T, self.cov_y
         V = self.covariance.operator(lin.sigma, lin.vjp, lin.x_hat)

@@ -112,7 +112,50 @@ class Modulation(nn.Module):
         return abc.chunk(3, dim=1)
 
 
-class ResBlock(nn.Module):
+class _ModulatedBlock(nn.Module):
+    r"""A residual block modulated by the embedding :math:`e`,
+
+    .. math:: y = \frac{x + c \odot h\big((1 + a) \odot x + b\big)}{\sqrt{1 + c^2}}
+
+    with :math:`(a, b, c)` the :class:`Modulation` of :math:`e` and :math:`h` the subclass's
+    :meth:`branch`.
+
+    Arguments:
+        channels: The number of channels :math:`C`.
+        emb_features: The number of embedding features :math:`E`.
+    """
+
+    #: Whether to recompute the block in the backward pass rather than store its activations.
+    checkpoint: bool = False
+
+    def __init__(self, channels: int, emb_features: int):
+        super().__init__()
+        self.modulation = Modulation(channels, emb_features)
+
+    def branch(self, h: Tensor) -> Tensor:
+        r"""The residual branch :math:`h`, with input and output of shape :math:`(B, C, H, W)`."""
+        raise NotImplementedError
+
+    def _forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        a, b, c = self.modulation(emb)
+        h = self.branch((1 + a) * x + b)
+        return (x + c * h) * torch.rsqrt(1 + c**2)
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        r"""
+        Arguments:
+            x: The input, with shape :math:`(B, C, H, W)`.
+            emb: The embedding, with shape :math:`(B, E)`.
+
+        Returns:
+            The output, with shape :math:`(B, C, H, W)`.
+        """
+        if self.checkpoint and torch.is_grad_enabled():
+            return _checkpoint(self._forward, x, emb, use_reentrant=False)
+        return self._forward(x, emb)
+
+
+class ResBlock(_ModulatedBlock):
     r"""Creates a modulated residual convolution block.
 
     .. math:: y = \frac{x + c \odot \mathrm{Conv}(\mathrm{Dropout}(\mathrm{SiLU}(\mathrm{Conv}(
@@ -125,8 +168,7 @@ class ResBlock(nn.Module):
     """
 
     def __init__(self, channels: int, emb_features: int, dropout: float = 0.0):
-        super().__init__()
-        self.modulation = Modulation(channels, emb_features)
+        super().__init__(channels, emb_features)
         self.block = fan_in_uniform_(
             nn.Sequential(
                 ChannelNorm(),
@@ -137,21 +179,11 @@ class ResBlock(nn.Module):
             )
         )
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        r"""
-        Arguments:
-            x: The input, with shape :math:`(B, C, H, W)`.
-            emb: The embedding, with shape :math:`(B, E)`.
-
-        Returns:
-            The output, with shape :math:`(B, C, H, W)`.
-        """
-        a, b, c = self.modulation(emb)
-        h = self.block((1 + a) * x + b)
-        return (x + c * h) * torch.rsqrt(1 + c**2)
+    def branch(self, h: Tensor) -> Tensor:
+        return self.block(h)
 
 
-class AttBlock(nn.Module):
+class AttBlock(_ModulatedBlock):
     r"""Creates a modulated residual multi-head self-attention block over the pixels.
 
     .. math:: y = \frac{x + c \odot \mathrm{MHA}(\mathrm{LN}((1 + a) \odot x + b))}
@@ -170,13 +202,12 @@ class AttBlock(nn.Module):
     """
 
     def __init__(self, channels: int, emb_features: int, heads: int = 1, checkpoint: bool = False):
-        super().__init__()
         if heads < 1 or channels % heads:
             raise ValueError(
                 f"heads ({heads}) must be a positive divisor of channels ({channels})"
             )
+        super().__init__(channels, emb_features)
         self.heads, self.checkpoint = heads, checkpoint
-        self.modulation = Modulation(channels, emb_features)
         self.q = nn.Linear(channels, channels)
         self.k = nn.Linear(channels, channels)
         self.v = nn.Linear(channels, channels)
@@ -184,11 +215,9 @@ class AttBlock(nn.Module):
         for layer in (self.q, self.k, self.v, self.out):
             fan_in_uniform_(layer)
 
-    def _forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        _, C, H, W = x.shape
-        a, b, c = self.modulation(emb)
-        h = channel_norm((1 + a) * x + b)
-        h = h.flatten(2).transpose(1, 2)  # (B, HW, C)
+    def branch(self, h: Tensor) -> Tensor:
+        _, C, H, W = h.shape
+        h = channel_norm(h).flatten(2).transpose(1, 2)  # (B, HW, C)
         # head-major channel split, (N d), as inox's rearrange '... L (N H) -> ... N L H'
         q, k, v = (
             f(h).unflatten(-1, (self.heads, C // self.heads)).transpose(1, 2)  # (B, N, HW, d)
@@ -196,21 +225,7 @@ class AttBlock(nn.Module):
         )
         h = F.scaled_dot_product_attention(q, k, v)  # (B, N, HW, d)
         h = self.out(h.transpose(1, 2).flatten(2))  # (B, HW, C)
-        h = h.transpose(1, 2).unflatten(2, (H, W))  # (B, C, H, W)
-        return (x + c * h) * torch.rsqrt(1 + c**2)
-
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        r"""
-        Arguments:
-            x: The input, with shape :math:`(B, C, H, W)`.
-            emb: The embedding, with shape :math:`(B, E)`.
-
-        Returns:
-            The output, with shape :math:`(B, C, H, W)`.
-        """
-        if self.checkpoint and torch.is_grad_enabled():
-            return _checkpoint(self._forward, x, emb, use_reentrant=False)
-        return self._forward(x, emb)
+        return h.transpose(1, 2).unflatten(2, (H, W))  # (B, C, H, W)
 
 
 class UNet(nn.Module):
