@@ -39,7 +39,7 @@ from .metrics import ot_score, psnr, ssim, to_unit
 from .operators import (
     Bicubic,
     Blur,
-    MaskOperator,
+    LinearOperator,
     box_mask,
     gaussian_kernel,
     motion_kernel,
@@ -176,13 +176,14 @@ def rmse(x: Tensor, y: Tensor) -> float:
     return math.sqrt(float((x.double() - y.double()).square().mean()))
 
 
-def split(operator, i: int, samples: int):
+def split(operator: LinearOperator, i: int, samples: int):
     r"""The operator of image `i` alone, and the operator of all images with each repeated for
-    its `samples` samples (per-image masks are sliced; shared operators are returned as is)."""
-    if isinstance(operator, MaskOperator):
-        mask = operator.mask
-        return MaskOperator(mask[i : i + 1]), MaskOperator(mask.repeat_interleave(samples, 0))
-    return operator, operator
+    its `samples` samples, in the order of `y.repeat_interleave(samples, 0)` (a shared operator
+    is returned as is, by the :class:`emdm.LinearOperator` contract)."""
+    if operator.batch_size is None:
+        return operator, operator
+    index = torch.arange(operator.batch_size).repeat_interleave(samples)
+    return operator[i], operator[index]
 
 
 def run_images(

@@ -53,6 +53,22 @@ def run_script(script, *argv, tmp_path):
     )  # fmt: skip
 
 
+def run_in_process(script, *argv, tmp_path, monkeypatch, capsys):
+    r"""`run_script` without a new process (a second of imports saved per call): the same
+    `cli(main)` the script's `__main__` calls, with the same environment and folder."""
+    import importlib
+    import types
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv("EMDM_DATA", "")
+    monkeypatch.delenv("EMDM_INCEPTION", raising=False)
+    monkeypatch.chdir(tmp_path)
+    module = importlib.import_module(f"reproduce.{script.removesuffix('.py')}")
+    status = cli(module.main, [*argv, "--out", str(tmp_path / "out")])
+    out = capsys.readouterr()
+    return types.SimpleNamespace(returncode=status, stdout=out.out, stderr=out.err)
+
+
 def one_error_line(result) -> str:
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
@@ -61,20 +77,22 @@ def one_error_line(result) -> str:
     return lines[0]
 
 
-def test_table1_without_cifar10_says_what_to_put_where(tmp_path):
+def test_table1_without_cifar10_says_what_to_put_where(tmp_path, monkeypatch, capsys):
     empty = tmp_path / "data"
     empty.mkdir()
-    result = run_script("table1.py", "--data", "cifar", "--data-dir", str(empty),
-                        "--feature-extractor", "emdm-tiny", tmp_path=tmp_path)  # fmt: skip
+    result = run_in_process("table1.py", "--data", "cifar", "--data-dir", str(empty),
+                            "--feature-extractor", "emdm-tiny", tmp_path=tmp_path,
+                            monkeypatch=monkeypatch, capsys=capsys)  # fmt: skip
     line = one_error_line(result)
     assert f"{empty / 'cifar-10-batches-py' / 'data_batch_1'} does not exist" in line
     assert "cifar-10-python.tar.gz" in line and f"extract it under {empty}" in line
 
 
-def test_table1_with_a_garbage_inception_file_names_it(tmp_path):
+def test_table1_with_a_garbage_inception_file_names_it(tmp_path, monkeypatch, capsys):
     weights = tmp_path / "weights.pth"
     weights.write_text("version https://git-lfs.github.com/spec/v1\n")  # a Git LFS pointer
-    result = run_script("table1.py", "--inception-weights", str(weights), tmp_path=tmp_path)
+    result = run_in_process("table1.py", "--inception-weights", str(weights),
+                            tmp_path=tmp_path, monkeypatch=monkeypatch, capsys=capsys)  # fmt: skip
     line = one_error_line(result)
     assert f"error: {weights} is not a readable weights file" in line
     assert "download https://github.com/toshas/torch-fidelity/releases" in line

@@ -34,20 +34,35 @@ def test_fig11_reads_fastmri_volumes_and_names_a_missing_folder(tmp_path):
         fig11.main(["--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "o2")])
 
 
-def test_reproduce_all_runs_items_in_order_and_records_their_times(tmp_path, capsys):
-    from reproduce.__main__ import ITEMS
-    from reproduce.__main__ import main as reproduce
+def test_reproduce_all_runs_items_in_order_and_records_their_times(tmp_path, capsys, monkeypatch):
+    import sys
 
-    assert reproduce(["--list"]) == 0
+    import reproduce.__main__ as runner
+
+    assert runner.main(["--list"]) == 0
     listed = capsys.readouterr().out
-    assert all(f"{item}:" in listed for item in ITEMS)
-    assert "fig3.py --quick --resume" in listed
+    assert all(f"{item}:" in listed for item in runner.ITEMS)
+    assert "fig3.py --quick --resume" in listed and "--out results" in listed
     with pytest.raises(UserError, match="unknown items"):
-        reproduce(["fig99"])
-    assert reproduce(["fig11", "--out", str(tmp_path), "--quiet"]) == 0
-    assert "[1/1] fig11 done in" in capsys.readouterr().out
+        runner.main(["fig99"])
+    # the runner itself, on stand-in items (each item's script has its own test): in order,
+    # one line each, the times published; a failing item stops the rest with its status
+    ran = []
+
+    def command(item, out, quiet):
+        ran.append(item)
+        status = 3 if item == "fig2" else 0
+        return [sys.executable, "-c", f"raise SystemExit({status})"]
+
+    monkeypatch.setattr(runner, "command", command)
+    assert runner.main(["fig11", "tables23", "--out", str(tmp_path), "--quiet"]) == 0
+    assert ran == ["fig11", "tables23"]
+    assert "[2/2] tables23 done in" in capsys.readouterr().out
     times = pd.read_csv(tmp_path / "reproduce_quick.csv")
-    assert list(times.item) == ["fig11"] and (tmp_path / "fig11_quick.png").exists()
+    assert list(times.item) == ["fig11", "tables23"] and (times.value >= 0).all()
+    with pytest.raises(UserError, match="fig2 failed with exit status 3"):
+        runner.main(["fig7", "fig2", "table4", "--out", str(tmp_path)])
+    assert ran[-2:] == ["fig7", "fig2"]
 
 
 def test_tables_2_and_3_declare_every_difference_from_the_papers_code():

@@ -27,7 +27,6 @@ References:
 
 __all__ = ["METHODS", "ot_cost", "ot_score"]
 
-import ot
 import torch
 from torch import Tensor
 
@@ -52,6 +51,8 @@ def ot_cost(
         )
     a = torch.full((len(u),), 1 / len(u), dtype=u.dtype, device=u.device)
     b = torch.full((len(v),), 1 / len(v), dtype=v.dtype, device=v.device)
+    import ot  # POT: about a second to import, so with the first score, not with emdm
+
     M = ot.dist(u, v)  # squared Euclidean
     if method == "emd":
         return ot.emd2(a, b, M, numItermax=10**7)
