@@ -36,6 +36,7 @@ References:
 
 __all__ = ["AttBlock", "Modulation", "PixelShuffleNet", "ResBlock", "UNet", "channel_norm"]
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -112,7 +113,7 @@ class Modulation(nn.Module):
         return abc.chunk(3, dim=1)
 
 
-class _ModulatedBlock(nn.Module):
+class _ModulatedBlock(nn.Module, ABC):
     r"""A residual block modulated by the embedding :math:`e`,
 
     .. math:: y = \frac{x + c \odot h\big((1 + a) \odot x + b\big)}{\sqrt{1 + c^2}}
@@ -132,9 +133,9 @@ class _ModulatedBlock(nn.Module):
         super().__init__()
         self.modulation = Modulation(channels, emb_features)
 
+    @abstractmethod
     def branch(self, h: Tensor) -> Tensor:
         r"""The residual branch :math:`h`, with input and output of shape :math:`(B, C, H, W)`."""
-        raise NotImplementedError
 
     def _forward(self, x: Tensor, emb: Tensor) -> Tensor:
         a, b, c = self.modulation(emb)
