@@ -8,16 +8,20 @@ compared with the exact posterior, not only with the truth. The tasks mirror the
 at small size (:data:`TASKS`), every method runs on :class:`emdm.VPDDIM` (:math:`\eta = 1`),
 and :func:`method` builds each posterior denoiser with the benchmark's settings
 (protocols §6.3): DPS (:math:`\zeta = 0.5`), ΠGDM, TMPD, DiffPIR (:math:`\lambda = 8`) with 5
-GMRES iterations, MMPS with 1, 3 or 5.
+GMRES iterations, MMPS with 1, 3 or 5. A :class:`Gallery` passed to a run keeps the
+samples it scores of its first images, with the truth and the observations drawn as images
+(:func:`observation_image`), for the qualitative figures (the paper's Figures 17 to 19).
 """
 
 __all__ = [
     "METHODS",
     "TASKS",
     "CountingDenoiser",
+    "Gallery",
     "Task",
     "dense_matrix",
     "method",
+    "observation_image",
     "run_images",
     "run_mixture",
     "shape_mixture",
@@ -31,6 +35,7 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .denoisers import MixtureDenoiser
@@ -40,6 +45,7 @@ from .operators import (
     Bicubic,
     Blur,
     LinearOperator,
+    MaskOperator,
     box_mask,
     gaussian_kernel,
     motion_kernel,
@@ -186,6 +192,41 @@ def split(operator: LinearOperator, i: int, samples: int):
     return operator[i], operator[index]
 
 
+def observation_image(A: LinearOperator, y: Tensor) -> Tensor:
+    r"""The observations :math:`y` of images :math:`(B, C, H, W)` drawn as such images: for a
+    mask, the observed pixels :math:`m \odot y` (:math:`A^T y`), NaN where :math:`m = 0` (a
+    missing pixel, which :func:`emdm.plots.posterior_grid` paints in a colour of its own); for
+    another operator whose observations have the images' shape (a blur), :math:`y` itself;
+    otherwise (super-resolution), :math:`y` resized to the shape of :math:`A^T y` by nearest
+    neighbour."""
+    if isinstance(A, MaskOperator):
+        return torch.where(A.mask != 0, y, torch.nan)
+    shape = A.in_shape_of(tuple(y.shape))
+    if tuple(shape) == tuple(y.shape):
+        return y
+    return F.interpolate(y, size=shape[-2:], mode="nearest")
+
+
+@dataclasses.dataclass
+class Gallery:
+    r"""The images a run of :func:`run_mixture` or :func:`run_images` keeps for the
+    qualitative figures, of its first `images` images: their truth, per task their
+    observations (:func:`observation_image`), and per task, method and step count the samples
+    it scored (the first of each image's samples), each with shape :math:`(N, C, H, W)`, on
+    the CPU, in the benchmark's range :math:`[-1, 1]`. A run fills it; nothing more is drawn."""
+
+    images: int = 1
+    truth: Tensor | None = None
+    observations: dict[str, Tensor] = dataclasses.field(default_factory=dict)
+    samples: dict[tuple[str, str, int], Tensor] = dataclasses.field(default_factory=dict)
+
+    def add(self, task: str, method: str, steps: int, x: Tensor) -> None:
+        r"""Appends samples :math:`(n, C, H, W)` of the next images of a task, method and
+        step count."""
+        key, x = (task, method, steps), x.detach().cpu()
+        self.samples[key] = torch.cat([self.samples[key], x]) if key in self.samples else x
+
+
 def run_images(
     prior,
     truth: Tensor,
@@ -195,11 +236,16 @@ def run_images(
     seed: int = 0,
     lpips: Callable | None = None,
     eta: float = 1.0,
+    gallery: Gallery | None = None,
 ) -> list[dict]:
     r"""The paper's protocol on images: per task, per image (batch 1) and per step count, one
     posterior sample by each method with DDIM(η), scored against the truth by PSNR, SSIM and
-    (if given) LPIPS on :math:`[0, 1]` images; tidy rows."""
+    (if given) LPIPS on :math:`[0, 1]` images; tidy rows. A `gallery`, if given, is filled
+    with the samples of the first `gallery.images` images."""
     device, rows = truth.device, []
+    k = 0 if gallery is None else min(gallery.images, len(truth))
+    if gallery is not None:
+        gallery.truth = truth[:k].cpu()
     g = torch.Generator().manual_seed(seed)
     for name in tasks:
         T = task(name)
@@ -207,6 +253,8 @@ def run_images(
         A = A.to(device)
         y = A(truth)
         y = y + T.sigma_y * torch.randn(y.shape, generator=g).to(device)
+        if gallery is not None:
+            gallery.observations[name] = observation_image(A[:k], y[:k]).cpu()
         for i in range(len(truth)):
             A_i, x_true = split(A, i, 1)[0], to_unit(truth[i : i + 1])
             for n in steps:
@@ -214,7 +262,10 @@ def run_images(
                     denoiser = method(m, prior, A_i, y[i : i + 1], T.sigma_y**2)
                     gen = torch.Generator(device).manual_seed(seed + i)
                     x1 = torch.randn(x_true.shape, generator=gen, device=device)
-                    x = to_unit(VPDDIM(denoiser, VPSchedule(), steps=n, eta=eta)(x1, gen))
+                    x = VPDDIM(denoiser, VPSchedule(), steps=n, eta=eta)(x1, gen)
+                    if i < k:
+                        gallery.add(name, m, n, x)
+                    x = to_unit(x)
                     values = {"psnr": psnr(x, x_true), "ssim": ssim(x, x_true)}
                     if lpips is not None:
                         values["lpips"] = lpips(x, x_true)
@@ -234,6 +285,7 @@ def run_mixture(
     seed: int = 0,
     eta: float = 1.0,
     log: Callable[[str], None] | None = None,
+    gallery: Gallery | None = None,
 ) -> list[dict]:
     r"""The quick protocol, with exact answers: per task, the exact posterior of each image
     (a Gaussian mixture), then `samples` posterior samples per image by each method (all images
@@ -242,14 +294,20 @@ def run_mixture(
     variation :math:`\frac{1}{2} \sum_k |\hat{\pi}_k - \pi_k|` between the fraction
     :math:`\hat{\pi}_k` of samples whose nearest prior mean (Euclidean) is :math:`\mu_k`
     (:func:`component_masses`) and the exact posterior masses :math:`\pi_k`; `ot_score`, the
-    debiased exact-OT score against exact samples."""
+    debiased exact-OT score against exact samples. A `gallery`, if given, is filled with the
+    first sample of each of the first `gallery.images` images."""
     prior64 = copy.deepcopy(prior).double()
     S, size, rows = samples, truth.shape[-1], []
+    k = 0 if gallery is None else min(gallery.images, len(truth))
+    if gallery is not None:
+        gallery.truth = truth[:k].cpu()
     for name in tasks:
         T = task(name)
         A = T.operator(len(truth), size, generator)
         y = A(truth)
         y = y + T.sigma_y * torch.randn(y.shape, generator=generator)
+        if gallery is not None:
+            gallery.observations[name] = observation_image(A[:k], y[:k])
         exact, means, masses = [], [], []
         for i in range(len(truth)):
             A_i = dense_matrix(split(A, i, S)[0], size)[None]
@@ -264,6 +322,8 @@ def run_mixture(
                 gen = torch.Generator().manual_seed(seed + n)
                 x1 = torch.randn((len(truth) * S, *truth.shape[1:]), generator=gen)
                 x = VPDDIM(denoiser, VPSchedule(), steps=n, eta=eta)(x1, gen)
+                if gallery is not None:
+                    gallery.add(name, m, n, x[: k * S : S])  # (k, C, H, W)
                 for i in range(len(truth)):
                     xi = x[i * S : (i + 1) * S]
                     flat, t = xi.flatten(1), truth[i : i + 1].expand_as(xi)

@@ -1,16 +1,21 @@
 r"""Figures of the paper, drawn with matplotlib's object API: no pyplot, no global backend,
 nothing shown on screen."""
 
-__all__ = ["corner", "figure", "image_grid", "laps", "pairs", "save"]
+__all__ = ["corner", "figure", "image_grid", "laps", "pairs", "posterior_grid", "save"]
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
 from .metrics.image import to_unit
+
+if TYPE_CHECKING:
+    from .benchmark import Gallery
 
 
 def figure(rows: int, cols: int, size: tuple[float, float]) -> tuple[Figure, np.ndarray]:
@@ -106,6 +111,68 @@ def image_grid(
         ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(name, fontsize=8)
         ax.set_axis_off()
+    return fig
+
+
+#: The names of the posterior-sampling methods and tasks of :mod:`emdm.benchmark` in figures.
+METHOD_LABELS = {
+    "dps": "DPS",
+    "pgdm": "ΠGDM",
+    "tmpd": "TMPD",
+    "diffpir": "DiffPIR",
+    "mmps1": "MMPS (1)",
+    "mmps3": "MMPS (3)",
+    "mmps5": "MMPS (5)",
+}
+TASK_LABELS = {
+    "box": "box inpainting",
+    "random": "random inpainting",
+    "motion": "motion deblurring",
+    "blur": "Gaussian deblurring",
+    "sr4": "4x super-resolution",
+}
+
+
+def _rgb(x: torch.Tensor, pixels: str, missing: tuple[float, float, float]) -> np.ndarray:
+    r"""An image :math:`(C, H, W)` as an RGB array :math:`(H, W, 3)` in :math:`[0, 1]`, its NaN
+    pixels (in any channel) painted `missing`."""
+    x = to_unit(x.float(), pixels).expand(3, *x.shape[1:])  # grey: one channel for three
+    x = torch.where(x.isnan().any(0), torch.tensor(missing)[:, None, None], x)
+    return x.permute(1, 2, 0).numpy()
+
+
+def posterior_grid(
+    gallery: "Gallery",
+    methods: Sequence[str],
+    steps: Sequence[int],
+    pixels: str = "benchmark",
+    missing: str = "tab:blue",
+    size: float = 1.3,
+) -> Figure:
+    r"""The qualitative figure of a posterior-sampling benchmark (the paper's Figures 17 to
+    19): a row per task and kept image of `gallery` (:class:`emdm.benchmark.Gallery`), its
+    columns the reference image, the observation (missing pixels, NaN, painted `missing`),
+    then a sample by each of `methods` at each of `steps` (titled "MMPS (1), 10 steps", on two
+    lines). Images :math:`(C, H, W)` in the pixel range named `pixels` (see
+    :func:`emdm.metrics.to_unit`)."""
+    columns = [f"{METHOD_LABELS.get(m, m)},\n{n} steps" for m in methods for n in steps]
+    rows = [(task, i) for task in gallery.observations for i in range(len(gallery.truth))]
+    fig, axes = figure(len(rows), 2 + len(columns), (size * (2 + len(columns)), size * len(rows)))
+    color = to_rgb(missing)
+    for r, (task, i) in enumerate(rows):
+        images = [gallery.truth[i], gallery.observations[task][i]]
+        images += [gallery.samples[task, m, n][i] for m in methods for n in steps]
+        for ax, x in zip(axes[r], images, strict=True):
+            ax.imshow(_rgb(x, pixels, color), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        label = TASK_LABELS.get(task, task)
+        axes[r, 0].set_ylabel(
+            label if len(gallery.truth) == 1 else f"{label}, {i + 1}", fontsize=7
+        )
+    for ax, title in zip(axes[0], ["reference", "observation", *columns], strict=True):
+        ax.set_title(title, fontsize=7)
+    fig.subplots_adjust(wspace=0.04, hspace=0.04)
     return fig
 
 

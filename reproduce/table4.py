@@ -19,7 +19,11 @@ motion, x4 bicubic) and step count (10, 100, 1000), scored by PSNR, SSIM and LPI
         --lpips-linear weights/alex.pth        # AlexNet's weights from torch's hub cache
 
 A missing file stops the script before any work, naming it and where to get it. Writes
-results/table4[_quick].{csv,json}.
+results/table4[_quick].{csv,json} and, with them, the qualitative figures of the first image
+(:data:`FIGURES`): fig17[_quick].png (MMPS with 1 and 5 iterations), fig18[_quick].png (DPS,
+DiffPIR) and fig19[_quick].png (ΠGDM, TMPD), a row per task, its columns the reference, the
+observation and a sample by each method at each step count (a figure whose methods were all
+left out by --methods is not drawn).
 """
 
 import dataclasses
@@ -30,7 +34,7 @@ import pandas as pd
 import torch
 
 from emdm import VPSchedule
-from emdm.benchmark import METHODS, TASKS, run_images, run_mixture, shape_mixture
+from emdm.benchmark import METHODS, TASKS, Gallery, run_images, run_mixture, shape_mixture
 from emdm.config import (
     DEVICE,
     NONNEGATIVE,
@@ -46,8 +50,12 @@ from emdm.errors import cli
 from emdm.experiment import DeviceRun, parse_run
 from emdm.metrics import LPIPS
 from emdm.nn.adm import ADMConfig, load_adm
+from emdm.plots import posterior_grid
 from emdm.provenance import write_results
 from emdm.publish import check_writable
+
+#: The paper's qualitative figures of Table 4 and the methods each shows.
+FIGURES = {"fig17": ("mmps1", "mmps5"), "fig18": ("dps", "diffpir"), "fig19": ("pgdm", "tmpd")}
 
 
 @dataclasses.dataclass
@@ -96,6 +104,14 @@ QUICK = Table4Config(
 PAPER = Table4Config(name="table4")
 
 
+def figures(cfg: Table4Config, gallery: Gallery) -> dict:
+    r"""Figures 17 to 19 by file name, each with those of its methods that were run."""
+    suffix = "_quick" if cfg.scale == "quick" else ""
+    groups = {name: [m for m in methods if m in cfg.methods] for name, methods in FIGURES.items()}
+    return {f"{name}{suffix}.png": posterior_grid(gallery, methods, cfg.steps)
+            for name, methods in groups.items() if methods}  # fmt: skip
+
+
 def paper(cfg: Table4Config) -> int:
     r"""The paper's protocol: DPS's FFHQ prior, one sample per image and method, PSNR, SSIM and
     LPIPS against the truth. Every file is checked before any work."""
@@ -109,9 +125,12 @@ def paper(cfg: Table4Config) -> int:
         print(f"reproduce/table4.py: {error}", file=sys.stderr)
         return 2
     prior = EpsilonDenoiser(network, VPSchedule(), clip=True)
-    rows = run_images(prior, truth, cfg.tasks, cfg.methods, cfg.steps, cfg.seed, lpips, cfg.eta)
+    gallery = Gallery()
+    rows = run_images(prior, truth, cfg.tasks, cfg.methods, cfg.steps, cfg.seed, lpips, cfg.eta,
+                      gallery=gallery)  # fmt: skip
     write_results(cfg.name, rows, config_dict(cfg), wall_time=time.perf_counter() - start,
-                  out_dir=cfg.out, quick=False, device=device)  # fmt: skip
+                  out_dir=cfg.out, quick=False, device=device,
+                  figures=figures(cfg, gallery))  # fmt: skip
     if not cfg.quiet:
         table = pd.DataFrame(rows).pivot_table(index=["task", "steps", "method"],
                                                columns="metric", values="value")  # fmt: skip
@@ -130,16 +149,19 @@ def main(argv: list[str] | None = None) -> int:
     g = torch.Generator().manual_seed(cfg.seed)
     prior = shape_mixture(cfg.components, cfg.size, cfg.std, g)
     truth = prior.sample(cfg.images, generator=g).reshape(cfg.images, 1, cfg.size, cfg.size)
+    gallery = Gallery()
     rows = run_mixture(prior, truth, cfg.tasks, cfg.methods, cfg.steps, cfg.samples, g,
-                       cfg.seed, cfg.eta, log=None if cfg.quiet else print)  # fmt: skip
+                       cfg.seed, cfg.eta, log=None if cfg.quiet else print,
+                       gallery=gallery)  # fmt: skip
     csv, _ = write_results(cfg.name, rows, config_dict(cfg), wall_time=time.perf_counter() - start,
-                           out_dir=cfg.out, quick=True, device="cpu")  # fmt: skip
+                           out_dir=cfg.out, quick=True, device="cpu",
+                           figures=figures(cfg, gallery))  # fmt: skip
     if not cfg.quiet:
         frame = pd.DataFrame(rows)
         table = frame.pivot_table(index=["task", "steps", "method"], columns="metric",
                                   values="value", aggfunc="mean")  # fmt: skip
         print(table.to_string(float_format=lambda v: f"{v:.4g}"))
-        print(f"wrote {csv} and its .json")
+        print(f"wrote {csv}, its .json and the figures")
     return 0
 
 

@@ -49,3 +49,55 @@ def test_methods_and_masses():
     torch.testing.assert_close(masses, torch.tensor([2 / 3, 0, 0, 1 / 3], dtype=torch.float64))
     with pytest.raises(ValueError, match="method must be one of"):
         method("red-diff", prior, A, y, 0.01)
+
+
+def test_observation_image_has_the_images_shape_with_missing_pixels_marked():
+    from emdm.benchmark import observation_image
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, 16, 16, generator=g)
+    for name in ("box", "random", "blur", "sr4"):
+        A = TASKS[name].operator(2, 16, g)
+        y = A(x)
+        seen = observation_image(A, y)
+        assert seen.shape == x.shape, name
+        if name in ("box", "random"):  # the observed pixels, NaN where the mask is 0
+            assert torch.equal(seen.isnan(), (A.mask == 0).expand_as(x)), name
+            assert torch.equal(seen[~seen.isnan()], y[~seen.isnan()]), name
+        elif name == "blur":
+            assert torch.equal(seen, y)
+        else:  # each low-resolution pixel as a 4 x 4 block
+            assert torch.equal(seen[..., ::4, ::4], y) and torch.equal(seen[..., 3::4, 3::4], y)
+
+
+def test_the_gallery_keeps_the_scored_samples_without_changing_the_table():
+    from emdm.benchmark import Gallery, run_images, run_mixture
+    from emdm.metrics import psnr, to_unit
+
+    prior = shape_mixture(4, 16, 0.1, torch.Generator().manual_seed(0))
+    truth = prior.sample(3, generator=torch.Generator().manual_seed(1)).reshape(3, 1, 16, 16)
+    args = (("box", "sr4"), ("dps", "mmps1"), (2, 3))
+    # one sample per image: each row's PSNR is that of the one sample the gallery keeps
+    runs = {
+        "mixture": lambda gallery: run_mixture(prior, truth, *args, samples=1, gallery=gallery,
+                                               generator=torch.Generator().manual_seed(2)),
+        "images": lambda gallery: run_images(prior, truth, *args, seed=2, gallery=gallery),
+    }  # fmt: skip
+    for run in runs.values():
+        gallery = Gallery(images=2)
+        rows = run(gallery)
+        assert rows == run(None)  # keeping draws nothing more
+        assert torch.equal(gallery.truth, truth[:2])
+        assert set(gallery.samples) == {(t, m, n) for t in args[0] for m in args[1]
+                                        for n in args[2]}  # fmt: skip
+        scored = {(r["task"], r["method"], r["steps"], r["image"]): r["value"] for r in rows
+                  if r["metric"] == "psnr"}  # fmt: skip
+        for (t, m, n), x in gallery.samples.items():
+            assert x.shape == (2, 1, 16, 16)
+            for i in range(2):
+                value = float(psnr(to_unit(x[i : i + 1]), to_unit(truth[i : i + 1])))
+                assert value == pytest.approx(scored[t, m, n, i], rel=1e-6), (t, m, n, i)
+        for t in args[0]:
+            assert gallery.observations[t].shape == (2, 1, 16, 16)
+        assert gallery.observations["box"].isnan().any()
+        assert not gallery.observations["sr4"].isnan().any()

@@ -81,3 +81,17 @@ def test_tables_2_and_3_declare_every_difference_from_the_papers_code():
     drifted = compare(TABLES["table2"][1], dataclasses.replace(
         TABLES["table2"][2], sigma_y=1e-2))  # fmt: skip
     assert any(not r["same"] and not r["note"] for r in drifted)
+
+
+def test_table4_quick_writes_figures_17_to_19_of_the_methods_run(tmp_path):
+    from reproduce import table4
+
+    tiny = ["--quick", "--images", "1", "--samples", "2", "--size", "16", "--components", "2",
+            "--steps", "2", "--tasks", "box", "sr4", "--quiet"]  # fmt: skip
+    assert table4.main([*tiny, "--out", str(tmp_path / "all")]) == 0
+    figures = {"fig17_quick.png", "fig18_quick.png", "fig19_quick.png"}
+    assert figures <= {path.name for path in (tmp_path / "all").iterdir()}
+    # a figure whose methods were all left out is not drawn
+    assert table4.main([*tiny, "--methods", "dps", "pgdm", "--out", str(tmp_path / "two")]) == 0
+    written = {path.name for path in (tmp_path / "two").iterdir() if path.suffix == ".png"}
+    assert written == {"fig18_quick.png", "fig19_quick.png"}
