@@ -37,6 +37,7 @@ ITEMS: dict[str, tuple[str, ...]] = {
     "table5": ("table5.py", "--quick"),
     "table4": ("table4.py", "--quick"),
     "fig6": ("fig6.py", "--quick", "--resume"),
+    "fig15": ("fig15.py", "--quick", "--resume"),
     "fig3": ("fig3.py", "--quick", "--resume"),
     "table1": ("table1.py", "--quick", "--resume"),
 }

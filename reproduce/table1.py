@@ -24,7 +24,8 @@ The paper's numbers after 32 laps (FID / IS): 5.88 / 8.83 (25 %), 6.76 / 8.75 (5
 13.18 / 8.14 (75 %); heuristics at 75 %: 39.94 / 7.69 (identity), 118.69 / 4.23 (Σ_t).
 The quick run uses a tiny fixed random feature extractor instead of Inception (its FID is
 comparable only between the quick run's rows). Writes results/table1[_quick].{csv,json},
-fig4[_quick].png (FID and IS along the laps) and fig15[_quick].png (samples of each run).
+fig4[_quick].png (FID and IS along the laps) and table1[_quick]_samples.png (samples of each
+run's last lap).
 """
 
 import dataclasses
@@ -218,7 +219,7 @@ def _learn(cfg, ctx, device, folder, reference, x, schedule, percent, covariance
 
 def _evaluate(cfg, reference, schedule, device, run, label, k, prior, mean) -> dict:
     r"""Lap `k`'s scores: unconditional samples (DDIM) against the reference; the first 64
-    kept for Figure 15."""
+    kept for the samples figure."""
     gen = torch.Generator(device).manual_seed(cfg.seed + 1000 + k)
     samples = draw(prior, mean, cfg.eval_samples, schedule, "ddim", cfg.eval_steps,
                    cfg.em.sample_batch, gen, progress=not cfg.quiet).cpu()  # fmt: skip
@@ -231,7 +232,8 @@ def _evaluate(cfg, reference, schedule, device, run, label, k, prior, mean) -> d
 
 
 def _publish(cfg, out: Path, folder: RunFolder, x, schedule, device) -> None:
-    r"""The runs' logs, floor and posterior checks as one table, with Figures 4 and 15."""
+    r"""The runs' logs, floor and posterior checks as one table, with Figure 4 and the
+    samples of each run's last lap."""
     rows, finals = MetricsLog(folder.path / "floor.jsonl").rows(), {}
     for percent, covariance in _runs(cfg):
         run = folder.path / f"{covariance}_{percent:g}"
@@ -242,7 +244,7 @@ def _publish(cfg, out: Path, folder: RunFolder, x, schedule, device) -> None:
         rows += posterior_check(cfg, run, x, percent, covariance, last, schedule, device)
     suffix = cfg.name.removeprefix("table1")
     figures = {f"fig4{suffix}.png": laps(rows, ("fid", "isc", "fd_pixels", "fid_estep")),
-               f"fig15{suffix}.png": image_grid(finals)}  # fmt: skip
+               f"{cfg.name}_samples.png": image_grid(finals)}  # fmt: skip
     write_results(cfg.name, rows, config_dict(cfg), wall_time=folder.wall_time, out_dir=out,
                   quick=cfg.scale == "quick", device=device, segments=folder.segments,
                   figures=figures)  # fmt: skip

@@ -331,15 +331,16 @@ def _config_classes():
     from bench.mmps_cost import Config as MMPSCostConfig
     from emdm.em import EMConfig
     from emdm.mmps_check import MMPSCheckConfig
+    from emdm.mri import MRIConfig
     from emdm.nn.adm import ADMConfig
     from emdm.prior import GaussianStart, UNetConfig
-    from reproduce import fig1, fig2, fig3, fig6, fig7, table1, table4, table5
+    from reproduce import fig1, fig2, fig3, fig6, fig7, fig15, table1, table4, table5
 
     return [
-        EMConfig, GaussianStart, UNetConfig, MMPSCheckConfig, ADMConfig, fig1.Fig1Config,
-        fig2.Fig2Config, fig3.Fig3Config, fig6.Fig6Config, fig7.Fig7Config, table1.Table1Config,
-        table4.Table4Config, table5.Table5Config, CostConfig, MMPSCostConfig, GPUCheckConfig,
-        CGABConfig,
+        EMConfig, GaussianStart, UNetConfig, MMPSCheckConfig, ADMConfig, MRIConfig,
+        fig1.Fig1Config, fig2.Fig2Config, fig3.Fig3Config, fig6.Fig6Config, fig7.Fig7Config,
+        fig15.Fig15Config, table1.Table1Config, table4.Table4Config, table5.Table5Config,
+        CostConfig, MMPSCostConfig, GPUCheckConfig, CGABConfig,
     ]  # fmt: skip
 
 
