@@ -221,7 +221,9 @@ def config_parser(
         if origin is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif origin in (tuple, list):
-            kwargs.update(nargs="+", type=_element_type(hint, default))
+            # a list that is empty by declaration may be given empty (`--flag` alone)
+            nargs = "*" if field.default == () else "+"
+            kwargs.update(nargs=nargs, type=_element_type(hint, default))
         else:
             kwargs["type"] = origin if isinstance(origin, type) else type(default)
             if "choices" not in kwargs:

@@ -106,31 +106,50 @@ def run_in_folder(
     return 0
 
 
-def learn_prior_in(run: RunFolder, cfg: ResumableRun, denoiser, obs, shape, schedule, **kwargs):
+def learn_prior_in(
+    run: RunFolder,
+    cfg: ResumableRun,
+    denoiser,
+    obs,
+    shape,
+    schedule,
+    *,
+    label: str | None = None,
+    em=None,
+    **kwargs,
+):
     r"""Learns the prior of an entry point in its folder: :func:`emdm.prior.learn_prior` with
-    the config's `em`, `start` and `net` fields, in `run.path`, resumed if `run` is, under the
-    run's identity (:func:`emdm.config.run_identity`), with progress bars unless `cfg.quiet`.
+    the config's `em`, `start` and `net` fields, in `run.path` (or its subfolder `label`, for an
+    entry point that learns several priors), resumed if `run` is, under the run's identity
+    (:func:`emdm.config.run_identity`, plus `label`), with progress bars unless `cfg.quiet`.
 
     Arguments:
         run: The entry point's open folder.
         cfg: Its config, with the fields `em`, `start` and `net`.
         denoiser, obs, shape, schedule: As for :func:`emdm.prior.learn_prior`.
+        label: The subfolder of `run.path` that holds this prior; `None`: `run.path` itself.
+        em: The EM settings, if not `cfg.em` (e.g. `cfg.em` with another covariance).
         kwargs: The other keyword arguments of :func:`emdm.prior.learn_prior` (`callback`,
             `ctx`, ...).
 
     Returns:
         What :func:`emdm.prior.learn_prior` returns.
     """
+    directory, identity = run.path, run_identity(cfg)
+    if label is not None:
+        directory, identity = run.path / label, identity | {"run": label}
+        if run.main:
+            directory.mkdir(exist_ok=True)
     return learn_prior(
         denoiser,
         obs,
         shape,
-        cfg.em,
+        cfg.em if em is None else em,
         schedule,
         cfg.start,
-        directory=run.path,
+        directory=directory,
         resume=run.resuming,
-        identity=run_identity(cfg),
+        identity=identity,
         progress=not cfg.quiet,
         net=cfg.net,
         **kwargs,

@@ -8,13 +8,21 @@ each iteration k the debiased exact-OT score S(truth; q_k) is logged, and the sa
 for k = 1, 2, 4, 8, ... are kept (`results/fig3*_q{k}.npy`). The noise floor is the score of a
 third, independent truth sample.
 
-    python reproduce/fig3.py --quick     # 8192 observations, 16 iterations: about 20 min on CPU
+Two E-steps. The paper's code (`heuristic: 'cov_x'`) solves with the fixed
+V_t = (Σ_x⁻¹ + σ_t⁻² I)⁻¹ of the fitted q_0, the network's Jacobian entering only through the
+final correction x̂ + σ_t² Jᵀ Aᵀ v: `--em-covariance cov_x`, the default of both presets. emdm's
+Tweedie E-step uses the network's Jacobian in the solve as well (`tweedie`). `--compare` runs more
+E-steps on the same data, seed and q_0, one EM run each; the quick preset runs Tweedie beside the
+paper's E-step, and the score panel draws one curve per E-step.
+
+    python reproduce/fig3.py --quick     # 8192 observations, 16 iterations, 2 E-steps: ~30 min
     python reproduce/fig3.py --device cuda   # the paper's sizes (65 536 observations, 64 laps)
     python reproduce/fig3.py --quick --resume      # continue a killed run
-    python reproduce/fig3.py --quick --em-covariance cov_x   # the paper's code's E-step
+    python reproduce/fig3.py --quick --compare     # the paper's E-step alone
 
 Expected: the score falls several-fold from q_1 to the last iteration and the 2-D marginals
-concentrate on the curve. Writes results/fig3[_quick].{csv,json,png} and _score.png.
+concentrate on the curve. Writes results/fig3[_quick].{csv,json,png}, _score.png and the q_k
+samples of the first E-step, and fig3[_quick]_<covariance>.png and its q_k for each compared one.
 """
 
 import dataclasses
@@ -40,6 +48,7 @@ from emdm.data import RandomManifold, observe, random_projections
 from emdm.em import EMConfig
 from emdm.errors import cli
 from emdm.experiment import ResumableRun, learn_prior_in, parse_run
+from emdm.guidance import COVARIANCES
 from emdm.metrics import ot_score
 from emdm.observation import Observation
 from emdm.plots import figure, pairs
@@ -48,6 +57,9 @@ from emdm.progress import say
 from emdm.provenance import write_results
 from emdm.publish import check_writable
 from emdm.runs import RunFolder, write_atomic
+
+#: the E-steps' names in the score panel
+LABELS = {"cov_x": "$\\Sigma_x$ of $q_0$ (the paper's code)", "tweedie": "Tweedie"}
 
 
 @dataclasses.dataclass
@@ -67,6 +79,10 @@ class Fig3Config(ResumableRun):
         help="the denoiser's TimeMLP (--net-* flags)", default_factory=MLPConfig
     )
     em: EMConfig = option(help="the EM laps (--em-* flags)", default_factory=EMConfig)
+    compare: tuple[str, ...] = option(
+        (), "more E-step covariances, one EM run each beside em.covariance's, on the same data "
+        "and seed", choices=(*COVARIANCES, "cov_x"),
+    )  # fmt: skip
     ot_samples: int = option(4096, "samples per side of each OT score", check=POSITIVE)
     seed: int = option(0, "seed of the data and the run", check=NONNEGATIVE)
 
@@ -74,18 +90,31 @@ class Fig3Config(ResumableRun):
         super().__post_init__()
         if self.net.features != 5:
             raise ValueError(f"net.features must be 5, the manifold's R⁵, got {self.net.features}")
+        if len(set(self.covariances)) < len(self.covariances):
+            raise ValueError(
+                f"compare must be covariances other than em.covariance and each other, "
+                f"got {self.compare} beside {self.em.covariance!r}"
+            )
+
+    @property
+    def covariances(self) -> tuple[str, ...]:
+        r"""The E-steps run, the first (em.covariance's) the headline one."""
+        return (self.em.covariance, *self.compare)
 
 
 # the paper's CG runs to convergence on the 2x2 systems: the exact (dense) solve, here
-# symmetrized and guarded, since a learned Jacobian can make the system indefinite
+# symmetrized and guarded, since a learned Jacobian can make the system indefinite; its E-step
+# and q_0 are the paper code's: cov_x, and 16 iterations of 256 DDIM steps (the default start)
 PAPER = Fig3Config(
     name="fig3",
-    em=EMConfig(iterations=64, train_steps=65536, steps=4096, solver="dense", sample_batch=16384),
-)
+    em=EMConfig(iterations=64, train_steps=65536, steps=4096, solver="dense", sample_batch=16384,
+                covariance="cov_x"),
+)  # fmt: skip
 QUICK = Fig3Config(
     observations=8192,
     start=GaussianStart(rank=5, iterations=8, observations=65536, steps=64, cg_iterations=2),
-    em=EMConfig(iterations=16, train_steps=2048, steps=64, solver="dense"),
+    em=EMConfig(iterations=16, train_steps=2048, steps=64, solver="dense", covariance="cov_x"),
+    compare=("tweedie",),
     ot_samples=2048,
     scale="quick",
     name="fig3_quick",
@@ -100,11 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     # every check (lock, a finished or other run, the code version, damaged files) before work
     with RunFolder(out / f"{cfg.name}_run", run_identity(cfg), resume=cfg.resume) as run:
         manifold, obs, truth = _data(cfg)
-        if not run.finished:
-            torch.manual_seed(cfg.seed)
+        for covariance in cfg.covariances if not run.finished else ():
+            torch.manual_seed(cfg.seed)  # the same network for every E-step
             denoiser, schedule = cfg.net.build().to(device), VESchedule(1e-3, cfg.sigma_max)
-            callback = _logger(cfg, run, manifold, truth)
-            learn_prior_in(run, cfg, denoiser, obs.to(device), (5,), schedule, callback=callback)
+            em = dataclasses.replace(cfg.em, covariance=covariance)
+            callback = _logger(cfg, run, manifold, truth, covariance)
+            learn_prior_in(run, cfg, denoiser, obs.to(device), (5,), schedule, label=covariance,
+                           em=em, callback=callback)  # fmt: skip
         _publish(cfg, run, out, truth, device)
         run.finish()
     if not cfg.quiet:
@@ -112,10 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _logger(cfg: Fig3Config, run: RunFolder, manifold, truth) -> Callable:
-    r"""The EM callback: it logs each lap's score and metrics (at k = 0, q_0's, and the noise
-    floor: the score of a third truth sample, drawn with its own generator) and keeps the
-    samples of the laps 0, 1, 2, 4, 8, ... (the paper's panels)."""
+def _logger(cfg: Fig3Config, run: RunFolder, manifold, truth, covariance: str) -> Callable:
+    r"""The EM callback of one E-step: it logs each lap's score and metrics (at k = 0, q_0's,
+    and, for the first E-step, the noise floor: the score of a third truth sample, drawn with
+    its own generator) and keeps the samples of the laps 0, 1, 2, 4, 8, ... (the paper's
+    panels) in the E-step's folder."""
 
     def score(samples):
         n, samples = cfg.ot_samples, samples.cpu()
@@ -123,15 +155,17 @@ def _logger(cfg: Fig3Config, run: RunFolder, manifold, truth) -> Callable:
 
     def callback(k, samples, metrics):
         if k & (k - 1) == 0:
-            write_atomic(run.path / f"q{k}.npy", lambda p: _save_npy(p, samples))
+            write_atomic(run.path / covariance / f"q{k}.npy", lambda p: _save_npy(p, samples))
         values = {"score_emd": score(samples)}
-        if k == 0:
+        if k == 0 and covariance == cfg.covariances[0]:
             g = torch.Generator().manual_seed(cfg.seed + 1)
             values["noise_floor_emd"] = score(manifold.sample(cfg.ot_samples, generator=g).float())
         values |= metrics
-        run.log([dict(em_iteration=k, metric=m, value=float(v)) for m, v in values.items()])
+        run.log([dict(covariance=covariance, em_iteration=k, metric=m, value=float(v))
+                 for m, v in values.items()])  # fmt: skip
         if not cfg.quiet:
-            say(f"EM iteration {k}: " + ", ".join(f"{m} {v:.4g}" for m, v in values.items()))
+            say(f"{covariance}, EM iteration {k}: "
+                + ", ".join(f"{m} {v:.4g}" for m, v in values.items()))  # fmt: skip
 
     return callback
 
@@ -154,18 +188,27 @@ def _save_npy(path: Path, samples: torch.Tensor) -> None:
 
 
 def _publish(cfg: Fig3Config, run: RunFolder, out: Path, truth, device) -> None:
-    r"""The CSV, JSON, both figures and the q_k samples, published together."""
+    r"""The CSV, JSON, the figures and the q_k samples, published together: the first E-step's
+    as `<name>.png` and `<name>_q{k}.npy`, each compared one's as `<name>_<covariance>.*`, and
+    one score curve per E-step."""
     rows = run.rows()
-    laps = sorted({r["em_iteration"] for r in rows if r["em_iteration"] > 0})
-    kept = [k for k in laps if k & (k - 1) == 0]
-    q = {k: np.load(run.path / f"q{k}.npy") for k in (0, *kept)}  # q_0: the figure's only
-    arrays = {f"{cfg.name}_q{k}.npy": q[k] for k in kept}
-    panels = {f"$q_{{{k}}}$": torch.from_numpy(q[k]) for k in q}
-    s = pd.DataFrame(rows).query("metric == 'score_emd'")
-    fig, axes = figure(1, 1, (4, 3))
-    axes[0, 0].plot(s.em_iteration, s.value, marker="o")
+    frame = pd.DataFrame(rows)
+    fig, axes = figure(1, 1, (4.5, 3))
+    figures, arrays = {f"{cfg.name}_score.png": fig}, {}
+    for c in cfg.covariances:
+        name = cfg.name if c == cfg.covariances[0] else f"{cfg.name}_{c}"
+        mine = frame[frame.covariance == c]
+        kept = [k for k in sorted(set(mine.em_iteration)) if k > 0 and k & (k - 1) == 0]
+        q = {k: np.load(run.path / c / f"q{k}.npy") for k in (0, *kept)}  # q_0: the figure's
+        arrays |= {f"{name}_q{k}.npy": q[k] for k in kept}
+        panels = {f"$q_{{{k}}}$": torch.from_numpy(q[k]) for k in q}
+        figures[f"{name}.png"] = pairs({**panels, "truth": truth})
+        s = mine[mine.metric == "score_emd"]
+        axes[0, 0].plot(s.em_iteration, s.value, marker="o", label=LABELS.get(c, c))
+    floor = frame[frame.metric == "noise_floor_emd"].value
+    axes[0, 0].axhline(floor.iloc[0], color="gray", ls="--", label="noise floor")
     axes[0, 0].set(yscale="log", xlabel="EM iteration $k$", ylabel="$S$(truth; $q_k$)")
-    figures = {f"{cfg.name}.png": pairs({**panels, "truth": truth}), f"{cfg.name}_score.png": fig}
+    axes[0, 0].legend(fontsize=7)
     write_results(
         cfg.name,
         rows,

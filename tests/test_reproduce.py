@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import write_fake_inception
 
-from reproduce import fig1, fig2, fig3, fig6, fig7, table1
+from reproduce import fig1, fig2, fig3, fig6, fig7, fig15, table1
 
 
 def test_fig7(tmp_path):
@@ -42,13 +42,18 @@ TINY = ["--quick", "--observations", "256", "--start-iterations", "1", "--start-
         "--em-steps", "4", "--ot-samples", "64", "--quiet"]  # fmt: skip
 
 
-def test_fig3_and_resume(tmp_path):
+def test_fig3_both_e_steps_and_resume(tmp_path):
     assert fig3.main([*TINY, "--out", str(tmp_path)]) == 0
     frame = pd.read_csv(tmp_path / "fig3_quick.csv")
-    scores = frame[frame.metric == "score_emd"].sort_values("em_iteration")
-    assert scores.em_iteration.tolist() == [0, 1, 2]
+    scores = frame[frame.metric == "score_emd"].sort_values(["covariance", "em_iteration"])
+    laps = scores.groupby("covariance").em_iteration.apply(list).to_dict()
+    assert laps == {"cov_x": [0, 1, 2], "tweedie": [0, 1, 2]}  # the paper's E-step, then Tweedie
+    assert scores[scores.em_iteration == 0].value.nunique() == 1  # one q_0 for both
     assert {"loss", "kept", "guard"} <= set(frame.metric)
-    for name in ("fig3_quick.png", "fig3_quick_score.png", "fig3_quick_q1.npy"):
+    # q_0's V_t is positive definite: the paper's E-step never needs the solve's guard
+    assert (frame.query("covariance == 'cov_x' and metric == 'guard'").value == 0).all()
+    for name in ("fig3_quick.png", "fig3_quick_score.png", "fig3_quick_q1.npy",
+                 "fig3_quick_tweedie.png", "fig3_quick_tweedie_q2.npy"):  # fmt: skip
         assert (tmp_path / name).exists()
     # a finished run resumes to the same result without recomputing its iterations
     assert fig3.main([*TINY, "--out", str(tmp_path), "--resume"]) == 0
@@ -149,7 +154,7 @@ IMAGES = ["--quick", "--observations", "48", "--size", "8", "--em-iterations", "
           "--net-emb-features", "16", "--quiet"]  # fmt: skip
 
 
-def test_table1_fig4_fig15_tiny_and_resume(tmp_path):
+def test_table1_fig4_tiny_and_resume(tmp_path):
     argv = [*IMAGES, "--eval-samples", "20", "--eval-steps", "2", "--reference", "24",
             "--heuristics", "identity", "--out", str(tmp_path)]  # fmt: skip
     assert table1.main(argv) == 0
@@ -166,7 +171,7 @@ def test_table1_fig4_fig15_tiny_and_resume(tmp_path):
     assert len(check) == 8 and (check.em_iteration == 1).all() and (check.value > 0).all()
     assert set(check.metric) == {f"posterior_{m}_{c}" for m in ("rmse", "spread")
                                  for c in ("tweedie", "identity")}  # fmt: skip
-    for name in ("fig4_quick.png", "fig15_quick.png", "table1_quick.json"):
+    for name in ("fig4_quick.png", "table1_quick_samples.png", "table1_quick.json"):
         assert (tmp_path / name).exists()
     assert (tmp_path / "table1_quick_run" / "reference_emdm-tiny.npz").exists()  # FID's, once
     assert table1.main([*argv, "--resume"]) == 0  # finished: re-reports, recomputes nothing
@@ -192,7 +197,25 @@ def test_fig6_tiny(tmp_path):
     assert (tmp_path / "fig6_quick.png").exists()
 
 
-@pytest.mark.parametrize("script", [table1, fig6])
+def test_fig15_tiny_and_resume(tmp_path):
+    argv = [*IMAGES, "--size", "16", "--net-channels", "4", "--em-iterations", "1", "--lap", "1",
+            "--em-cg-iterations", "1", "--start-cg-iterations", "1", "--samples", "4",
+            "--eval-steps", "2", "--out", str(tmp_path)]  # fmt: skip
+    assert fig15.main(argv) == 0
+    frame = pd.read_csv(tmp_path / "fig15_quick.csv")
+    assert set(frame.covariance) == {"truth", "identity", "tweedie"}
+    assert set(frame.metric) == {"column_difference", "row_difference", "stripe_ratio"}
+    assert (frame[frame.covariance != "truth"].em_iteration == 1).all()
+    assert (frame.value > 0).all() and (tmp_path / "fig15_quick.png").exists()
+    run = tmp_path / "fig15_quick_run"
+    checkpoints = {p: p.stat().st_mtime_ns for p in run.glob("*/*.pt")}
+    assert {p.parent.name for p in checkpoints} == {"identity", "tweedie"}
+    assert fig15.main([*argv, "--resume"]) == 0  # finished: re-reports, relearns nothing
+    pd.testing.assert_frame_equal(frame, pd.read_csv(tmp_path / "fig15_quick.csv"))
+    assert {p: p.stat().st_mtime_ns for p in run.glob("*/*.pt")} == checkpoints
+
+
+@pytest.mark.parametrize("script", [table1, fig6, fig15])
 def test_image_scripts_stop_before_work_without_data(script, tmp_path, monkeypatch):
     monkeypatch.setenv("EMDM_INCEPTION", str(tmp_path))  # a folder without the weights file
     write_fake_inception(tmp_path / "weights-inception-2015-12-05-6726825d.pth")
@@ -207,11 +230,13 @@ REFUSED = [
     ("fig3", ["--quick", "--em-sample-batch", "0"], "sample_batch"),
     ("fig3", ["--quick", "--observations", "0"], "observations"),
     ("fig3", ["--quick", "--em-lr", "-1"], "lr"),
+    ("fig3", ["--quick", "--compare", "cov_x"], "compare"),
     ("fig1", ["--sigma-t", "-1"], "sigma_t"),
     ("fig1", ["--samples", "0"], "samples"),
     ("table4", ["--quick", "--steps", "0"], "steps"),
     ("table5", ["--quick", "--batch", "0"], "batch"),
     ("fig2", ["--quick", "--seeds", "0"], "seeds"),
+    ("fig15", ["--quick", "--lap", "3"], "lap"),  # beyond the quick preset's 2 laps
     ("mmps_check", ["--name", "a/b"], "name"),
 ]
 
@@ -236,7 +261,8 @@ def test_bad_values_are_refused_at_parse_time(script, argv, field, tmp_path, cap
     assert not out.exists()
 
 
-SCRIPTS = ["fig1", "fig2", "fig3", "fig6", "fig7", "table1", "table4", "table5", "mmps_check"]
+SCRIPTS = ["fig1", "fig2", "fig3", "fig6", "fig7", "fig15", "table1", "table4", "table5",
+           "mmps_check"]  # fmt: skip
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -103,12 +103,13 @@ def test_rows_keep_the_last_of_a_redone_lap_and_skip_a_cut_line(tmp_path):
         assert run.wall_time == pytest.approx(sum(s["wall_s"] for s in run.segments))
 
 
-# --- the whole script: Figure 3 at a tiny size, in and out of process -------------------------
+# --- the whole script: Figure 3 at a tiny size, one E-step (--compare empty), in and out of
+# process
 
 TINY = ["--quick", "--observations", "256", "--start-iterations", "1", "--start-steps",
         "4", "--em-iterations", "2", "--em-train-steps", "16", "--em-batch-size", "64",
         "--em-steps", "4", "--ot-samples", "64", "--em-sample-batch", "64",
-        "--net-hidden-features", "32", "32", "--quiet"]  # fmt: skip
+        "--net-hidden-features", "32", "32", "--compare", "--quiet"]  # fmt: skip
 RESULT = ["fig3_quick.csv", "fig3_quick.png", "fig3_quick_score.png", "fig3_quick_q1.npy",
           "fig3_quick_q2.npy"]  # fmt: skip
 
