@@ -22,7 +22,8 @@ demo: $(STAMP)
 	$(VENV)/bin/python reproduce/fig3.py --quick --resume
 
 # Every quick result of results/ and the seconds-long paper figures, one item after the other
-# (about an hour on 2 cores); a second run continues the long ones where they stopped.
+# (over an hour on 2 cores: the README has the measured time); a second run continues the long
+# ones where they stopped.
 reproduce: $(STAMP)
 	$(VENV)/bin/python -m reproduce all
 

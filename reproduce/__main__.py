@@ -1,7 +1,7 @@
 r"""Regenerates every quick result of `results/`, and the figures that take seconds at the
 paper's sizes, in one command, one item after the other:
 
-    python -m reproduce all            # every item below, about an hour on 2 CPU cores
+    python -m reproduce all            # every item below, over an hour on 2 CPU cores
     python -m reproduce fig3 table4    # some of them
     python -m reproduce --list         # the items and the command each runs
 
