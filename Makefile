@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The main job: the manifold EM of Figure 3 at quick scale (13-18 min on 2 cores with no other
+# The main job: the manifold EM of Figure 3 at quick scale, both E-steps (33 min on 2 cores with no other
 # job; far longer when another job shares the cores). It works in results/fig3_quick_run/ and publishes
 # results/fig3_quick.* together when it ends; --resume: a second run continues a killed one from
 # its last complete EM iteration, or re-reports a finished one.
