@@ -45,6 +45,7 @@ from .errors import UserError
 from .guidance import COVARIANCES, MMPS, SOLVERS
 from .loss import beta33, denoising_loss
 from .observation import Observation
+from .profiling import BACKWARD, LOSS, OPTIMIZER, region
 from .progress import bar
 from .runs import write_atomic
 from .samplers import sample, samplers_for
@@ -188,17 +189,20 @@ def m_step(
         t = beta33(cfg.batch_size, generator, dtype=x.dtype, device=generator.device)
         z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=generator.device)
         sigma = schedule.sigma_ve(t.to(device))
-        loss = denoising_loss(denoiser, x[shard], sigma[shard], z[shard].to(device))
+        with region(LOSS):
+            loss = denoising_loss(denoiser, x[shard], sigma[shard], z[shard].to(device))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(denoiser.parameters(), cfg.clip)
-        for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(cfg, step)
-        optimizer.step()
-        if ema is not None:
-            with torch.no_grad():
-                for p_ema, p in zip(ema.parameters(), denoiser.parameters(), strict=True):
-                    p_ema.lerp_(p, 1 - cfg.ema)
+        with region(BACKWARD):
+            loss.backward()
+        with region(OPTIMIZER):
+            nn.utils.clip_grad_norm_(denoiser.parameters(), cfg.clip)
+            for group in optimizer.param_groups:
+                group["lr"] = _learning_rate(cfg, step)
+            optimizer.step()
+            if ema is not None:
+                with torch.no_grad():
+                    for p_ema, p in zip(ema.parameters(), denoiser.parameters(), strict=True):
+                        p_ema.lerp_(p, 1 - cfg.ema)
         losses.append(loss.detach())
         if progress and step % 64 == 0:
             steps.set_postfix(loss=f"{loss.item():.4f}")

@@ -44,6 +44,7 @@ from ..denoisers.base import broadcast_sigma, per_sample
 from ..dplr import DPLR
 from ..observation import Observation
 from ..operators.base import transpose
+from ..profiling import FORWARD, OPERATOR, VJP, region
 from ..solvers import gmres
 
 #: A denoiser :math:`(x_t, \sigma_t) \mapsto \hat{x}`.
@@ -91,7 +92,8 @@ class Linearization:
     def vjp(self, u: Tensor, retain: bool = True) -> Tensor:
         r"""Returns :math:`J^T u`, with `u` and the result shaped like :math:`x_t`; `retain`:
         whether the graph stays for another product."""
-        (out,) = torch.autograd.grad(self.x_hat, self.x_t, u, retain_graph=retain)
+        with region(VJP):
+            (out,) = torch.autograd.grad(self.x_hat, self.x_t, u, retain_graph=retain)
         return out
 
 
@@ -170,14 +172,16 @@ class PosteriorDenoiser(ABC):
         sigma = broadcast_sigma(sigma, x_t, check=check)
         with torch.enable_grad():
             x_t = x_t.detach().requires_grad_(grad)
-            x_hat = self.denoiser(x_t, sigma)
+            with region(FORWARD):
+                x_hat = self.denoiser(x_t, sigma)
             if grad and not x_hat.requires_grad:
                 raise ValueError(
                     f"{type(self).__name__} needs the denoiser's vector-Jacobian products, but "
                     "its output does not depend on x_t through autograd (do not detach it or "
                     "run it under no_grad)"
                 )
-            y_hat = self.A(x_hat if residual_graph else x_hat.detach())
+            with region(OPERATOR):
+                y_hat = self.A(x_hat if residual_graph else x_hat.detach())
         if y_hat.shape != self.y.shape:
             raise ValueError(
                 f"A maps x_t of shape {tuple(x_t.shape)} to shape {tuple(y_hat.shape)}, "

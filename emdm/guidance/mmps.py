@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from ..dplr import DPLR
+from ..profiling import OPERATOR, SOLVE, region
 from ..solvers import DENSE_MAX, DOTS, cg, dense_solve, gmres
 from .base import Denoiser, NoiseCovariance, Operator, PosteriorDenoiser, check_positive
 from .covariances import PriorCovariance, prior_covariance
@@ -131,23 +132,26 @@ class MMPS(PosteriorDenoiser):
             return cov_y @ v + A(V(A_T(v)))
 
         acc = self.accumulate or torch.float64
-        if self.solver == "dense":
-            v, info = dense_solve(matvec, lin.r, self.floor, accumulate=acc, return_info=True)
-        elif self.solver == "gmres":  # no guard to count: it does not assume symmetry
-            v, info = gmres(matvec, lin.r, self.iterations, dot=self.dot, accumulate=acc), None
-        else:
-            v, info = cg(
-                matvec,
-                lin.r,
-                self.iterations,
-                dot=self.dot,
-                accumulate=self.accumulate,
-                rtol=self.rtol,
-                return_info=True,
-            )
+        with region(SOLVE):
+            if self.solver == "dense":
+                v, info = dense_solve(matvec, lin.r, self.floor, accumulate=acc, return_info=True)
+            elif self.solver == "gmres":  # no guard to count: it does not assume symmetry
+                v, info = gmres(matvec, lin.r, self.iterations, dot=self.dot, accumulate=acc), None
+            else:
+                v, info = cg(
+                    matvec,
+                    lin.r,
+                    self.iterations,
+                    dot=self.dot,
+                    accumulate=self.accumulate,
+                    rtol=self.rtol,
+                    return_info=True,
+                )
         if info is not None:
             self.nonpositive = self.nonpositive + info.nonpositive.sum()
-        return (lin.x_hat + lin.s2 * lin.vjp(A_T(v), retain=False)).detach()
+        with region(OPERATOR):
+            u = A_T(v)
+        return (lin.x_hat + lin.s2 * lin.vjp(u, retain=False)).detach()
 
     def __repr__(self) -> str:
         solver = "solver=dense"
