@@ -305,7 +305,7 @@ def config_dict(cfg: Any) -> dict[str, Any]:
 def run_identity(cfg: Any) -> dict[str, Any]:
     r"""The config fields that define a run's results, compared on resume: all but how and
     where it is run (`resume`, `quiet`, `dry_run`, `out`: a moved folder can be resumed)."""
-    skip = ("resume", "quiet", "dry_run", "out")
+    skip = ("resume", "quiet", "dry_run", "out", "threads")  # how, not what, a run computes
     return {k: v for k, v in config_dict(cfg).items() if k not in skip}
 
 

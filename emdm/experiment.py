@@ -1,10 +1,11 @@
 r"""What every experiment entry point shares: its output fields, and parsing with presets.
 
 An entry point's config derives from :class:`Outputs` (the scale its results are labelled with,
-where they go and under which name, how verbose the run is), :class:`DeviceRun` (plus the
-device) or :class:`ResumableRun` (plus `--resume`, for the long runs that work in an
-:class:`emdm.runs.RunFolder`), and sets the default of `name`. :func:`parse_run` parses the
-command line with the entry point's quick and paper presets and answers `--dry-run`;
+where they go and under which name, how verbose the run is, its CPU threads),
+:class:`DeviceRun` (plus the device) or :class:`ResumableRun` (plus `--resume`, for the long
+runs that work in an :class:`emdm.runs.RunFolder`), and sets the default of `name`.
+:func:`parse_run` parses the command line with the entry point's quick and paper presets,
+answers `--dry-run` and sets the run's CPU threads (:mod:`emdm.threads`);
 :func:`run_in_folder` runs a long entry point in its folder and :func:`learn_prior_in` learns
 its prior there.
 """
@@ -42,6 +43,7 @@ from .distributed import Context, init
 from .prior import learn_prior
 from .publish import check_writable
 from .runs import RunFolder
+from .threads import THREADS, apply, effective
 
 C = TypeVar("C")
 
@@ -55,6 +57,12 @@ class Outputs(Checked):
     out: str = option("results", "output folder")
     quiet: bool = option(False, "print nothing but errors")
     dry_run: bool = option(False, "print the resolved config and exit")
+    threads: str = option(
+        "",
+        "intra-op CPU threads: auto (the idle cores), N, or 0 for torch's default; empty: "
+        "$EMDM_THREADS, else auto",
+        check=THREADS,
+    )
 
 
 @dataclasses.dataclass
@@ -76,16 +84,21 @@ class ResumableRun(DeviceRun):
 def parse_run(cls: type[C], argv: list[str] | None, *, quick: C, paper: C, prog: str) -> C | None:
     r"""The config of an entry point from `argv` (`--quick` selects the quick preset, see
     :func:`emdm.config.parse_scaled`), or `None` after printing it if `--dry-run` was given.
-    The device of a :class:`DeviceRun` is checked first (:func:`emdm.config.check_device`)."""
+    The device of a :class:`DeviceRun` is checked first (:func:`emdm.config.check_device`),
+    and `threads` is replaced by the spec in force (`EMDM_THREADS` or "auto" for an empty one,
+    :func:`emdm.threads.effective`), which is applied (:func:`emdm.threads.apply`) unless
+    `--dry-run`: the saved config names the policy, the provenance the count."""
     cfg = parse_scaled(cls, argv, quick=quick, paper=paper, prog=prog)
-    if isinstance(cfg, DeviceRun):  # whether torch sees it: before any work, even --dry-run
-        try:
+    try:  # before any work, even --dry-run
+        if isinstance(cfg, DeviceRun):  # whether torch sees it
             check_device(cfg.device)
-        except ValueError as error:  # as a bad flag is reported: usage, error, status 2
-            argparse.ArgumentParser(prog=prog).error(str(error))
+        cfg.threads = effective(cfg.threads)
+    except ValueError as error:  # as a bad flag is reported: usage, error, status 2
+        argparse.ArgumentParser(prog=prog).error(str(error))
     if cfg.dry_run:
         print(json.dumps(config_dict(cfg), indent=2))
         return None
+    apply(cfg.threads)
     return cfg
 
 

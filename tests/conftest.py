@@ -8,6 +8,9 @@ import torch
 # (torch does not import it)
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# torch's default thread count in every test: "auto" would measure /proc/stat for 0.1 s in each
+# script a test runs, and change the thread count of the whole session with the load
+os.environ.setdefault("EMDM_THREADS", "0")
 
 
 @pytest.fixture
