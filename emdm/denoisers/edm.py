@@ -58,7 +58,10 @@ class EDMDenoiser(nn.Module):
 def _check_sigma(sigma: Tensor) -> None:
     r"""Checks :math:`0 < \sigma < \infty` (the embedding takes :math:`\ln \sigma`) without a
     host synchronization: directly on the CPU, by a device-side assert on CUDA (which fails the
-    next synchronizing call), and not at all elsewhere."""
+    next synchronizing call), and not at all elsewhere, nor inside `torch.compile` (the
+    compiled M-step draws its noise levels from the schedule)."""
+    if torch.compiler.is_compiling():  # a data-dependent branch would split the graph
+        return
     valid = (sigma > 0) & torch.isfinite(sigma)
     if sigma.device.type == "cpu":
         if not bool(valid.all()):
