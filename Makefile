@@ -35,7 +35,7 @@ test: lint
 	$(VENV)/bin/python -m pytest -q
 
 bench: $(STAMP)
-	$(VENV)/bin/python bench/mmps_cost.py
+	$(VENV)/bin/python -m bench.mmps_cost
 
 clean:
 	rm -rf $(VENV) build *.egg-info

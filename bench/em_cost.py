@@ -30,9 +30,9 @@ On a GPU that is the measured GPU-hours of one device (float32, as the networks 
 the runs' batch of 256 the training step's Adam update weighs per image as in the runs; a
 smaller batch over-counts it.
 
-    python bench/em_cost.py                                        # counts only, seconds
-    python bench/em_cost.py --measure --device cuda --batch 256    # measured, on one GPU
-    python bench/em_cost.py --measure --batch 2 --repeats 3        # on a CPU: minutes
+    python -m bench.em_cost                                        # counts only, seconds
+    python -m bench.em_cost --measure --device cuda --batch 256    # measured, on one GPU
+    python -m bench.em_cost --measure --batch 2 --repeats 3        # on a CPU: minutes
 """
 
 import dataclasses
