@@ -327,8 +327,12 @@ def test_device_check():
 def _config_classes():
     from bench.cg_ab import CGABConfig
     from bench.em_cost import CostConfig
+    from bench.gaussian_start import GaussianStartBenchConfig
     from bench.gpu_check import GPUCheckConfig
     from bench.mmps_cost import Config as MMPSCostConfig
+    from bench.mstep import Config as MStepConfig
+    from bench.profile import Flags as ProfileFlags
+    from bench.threads import Config as ThreadsConfig
     from emdm.em import EMConfig
     from emdm.mmps_check import MMPSCheckConfig
     from emdm.mri import MRIConfig
@@ -340,7 +344,8 @@ def _config_classes():
         EMConfig, GaussianStart, UNetConfig, MMPSCheckConfig, ADMConfig, MRIConfig,
         fig1.Fig1Config, fig2.Fig2Config, fig3.Fig3Config, fig6.Fig6Config, fig7.Fig7Config,
         fig15.Fig15Config, table1.Table1Config, table4.Table4Config, table5.Table5Config,
-        CostConfig, MMPSCostConfig, GPUCheckConfig, CGABConfig,
+        CostConfig, MMPSCostConfig, GPUCheckConfig, CGABConfig, GaussianStartBenchConfig,
+        MStepConfig, ProfileFlags, ThreadsConfig,
     ]  # fmt: skip
 
 
