@@ -2,7 +2,8 @@ r"""asv benchmarks of the EM loop on the manifold experiment's network, so that 
 the M-step, the Gaussian start or a whole lap shows in `asv continuous`.
 
 * :class:`MStep`: 8 Adam steps of :func:`emdm.em.m_step` (EDM 3 x 256 TimeMLP, D = 5, batch
-  1024), with the M-step's multi-tensor Adam or Adam's fused update (`optimizer`).
+  1024, on CUDA where there is one), with the M-step's multi-tensor Adam or Adam's fused
+  update (`optimizer`).
 * :class:`GaussianStart`: the fit of :math:`q_0` (:func:`emdm.gaussian.fit_gaussian`, rank 5) on
   1024 random 2-D projections, 2 Monte-Carlo EM iterations of 16 DDIM steps.
 * :class:`Lap`: one EM lap (:func:`emdm.em.run_em`, one iteration) on 512 observations: 32 Adam
@@ -21,9 +22,10 @@ from emdm.em import EMConfig, m_step, optimizer_for, run_em
 from emdm.observation import Observation
 from emdm.prior import MLPConfig
 
-from .common import Bounded
+from .common import Bounded, synchronizer
 
 SCHEDULE = emdm.VESchedule(1e-3, 10.0)
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def manifold_observations(n: int) -> tuple[Observation, torch.Tensor]:
@@ -44,17 +46,20 @@ class MStep(Bounded):
 
     def setup(self, optimizer: str):
         torch.manual_seed(0)
-        self.denoiser = MLPConfig().build()
+        self.denoiser = MLPConfig().build().to(DEVICE)
         self.cfg = EMConfig(train_steps=8, batch_size=1024)
         self.optimizer = optimizer_for(self.denoiser, self.cfg)
         if optimizer == "fused":
             self.optimizer = torch.optim.Adam(self.denoiser.parameters(), lr=1e-3, fused=True)
         self.samples = torch.randn((8192, 5), generator=torch.Generator().manual_seed(1))
-        self.generator = torch.Generator().manual_seed(0)
+        self.samples = self.samples.to(DEVICE)
+        self.generator = torch.Generator(DEVICE).manual_seed(0)
+        self.sync = synchronizer(DEVICE)
         self.time_steps(optimizer)  # warm-up
 
     def time_steps(self, optimizer: str):
         m_step(self.denoiser, self.samples, self.cfg, SCHEDULE, self.optimizer, self.generator)
+        self.sync()
 
 
 class GaussianStart(Bounded):

@@ -1,4 +1,4 @@
-r"""asv benchmarks of the Triton kernels against their torch references, and of an EM M-step.
+r"""asv benchmarks of the Triton kernels against their torch references.
 
 * :class:`CGUpdate`: one CG iteration's update (:func:`emdm.kernels.cg.cg_update`) after
   :math:`C p`, fp32, per-sample dots, for :math:`B \in \{64, 256\}` and
@@ -6,7 +6,6 @@ r"""asv benchmarks of the Triton kernels against their torch references, and of 
   floor traffic over the time.
 * :class:`MRI`: the centred orthonormal FFT operator's forward plus adjoint
   (:mod:`emdm.kernels.mri`) at :math:`B = 64`, :math:`320 \times 320`.
-* :class:`MStep`: eight Adam steps of the manifold experiment's M-step (TimeMLP, batch 1024).
 
 The `provider` parameter is `ref` (the torch reference, what runs on CPU) or `triton`; the
 Triton cases need a CUDA device and skip themselves elsewhere. Everything timed goes through
@@ -17,11 +16,8 @@ Triton cases need a CUDA device and skip themselves elsewhere. Everything timed 
 
 import torch
 
-import emdm
-from emdm.em import EMConfig, m_step
 from emdm.kernels.cg import cg_update
 from emdm.kernels.mri import mri_adjoint, mri_forward
-from emdm.nn import TimeMLP
 
 from .common import Bounded, cg_bytes, cg_state, median_ms, mri_bytes, mri_problem, synchronizer
 
@@ -77,25 +73,3 @@ class MRI(Bounded):
         return mri_bytes(B, N, N) / ms / 1e6
 
     track_floor_gbps.unit = "GB/s"
-
-
-class MStep(Bounded):
-    r"""Eight Adam steps of the Figure 3 M-step: TimeMLP (3 x 256), batch 1024, in R^5."""
-
-    def setup(self):
-        torch.manual_seed(0)
-        g = torch.Generator().manual_seed(0)
-        self.samples = torch.randn(8192, 5, generator=g).to(DEVICE)
-        self.denoiser = emdm.EDMDenoiser(TimeMLP(5, emb_features=64), emb_features=64)
-        self.denoiser = self.denoiser.to(DEVICE)
-        self.optimizer = torch.optim.Adam(self.denoiser.parameters(), lr=1e-3)
-        self.cfg = EMConfig(train_steps=8)
-        self.generator = torch.Generator(DEVICE).manual_seed(0)
-        self.schedule = emdm.VESchedule(1e-3, 10.0)
-        self.sync = synchronizer(DEVICE)
-        self.time_m_step()  # warm-up
-
-    def time_m_step(self):
-        m_step(self.denoiser, self.samples, self.cfg, self.schedule, self.optimizer,
-               self.generator)  # fmt: skip
-        self.sync()
