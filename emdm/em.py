@@ -48,10 +48,10 @@ from .observation import Observation
 from .profiling import BACKWARD, LOSS, OPTIMIZER, region
 from .progress import bar
 from .runs import write_atomic
-from .threads import refresh
 from .samplers import sample, samplers_for
 from .schedule import Schedule, VESchedule
 from .solvers import DOTS
+from .threads import refresh
 
 
 @dataclasses.dataclass
