@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from .denoisers.base import SplitDenoiser
+from .guidance.base import positive_sigma
 from .progress import bar
 from .schedule import Schedule, VPSchedule
 
@@ -71,8 +72,15 @@ class Sampler(ABC):
         schedule: The noise schedule.
         steps: The number of steps :math:`N`.
         progress: Whether to show a progress bar.
-        check_finite: Whether to check the state after every step (one host sync per step) and
-            raise a `FloatingPointError` naming :math:`\sigma_t` at the first non-finite value.
+        check_finite: Whether to check the state after every step and raise a
+            `FloatingPointError` naming :math:`\sigma_t` of the first step after which it is
+            not finite. The check stays on the device (a flag per step, no synchronization);
+            it is read once, after the last step or when a step raises.
+
+    The denoiser is called inside :func:`emdm.guidance.base.positive_sigma` whenever the
+    step's :math:`\sigma_t` is positive (checked on the host, where the grid is computed), so
+    that a posterior denoiser skips its own check; :math:`\sigma_t` reaches the device by a
+    fill, not a copy. A step thus never waits for the device.
     """
 
     #: The number of denoiser calls per step.
@@ -102,13 +110,26 @@ class Sampler(ABC):
         )
         self.check_finite = check_finite
 
+    def level(self, t: float) -> float:
+        r"""Returns :math:`\sigma_t` (VE coordinates) as a float, computed on the host."""
+        return float(self.schedule.sigma_ve(torch.tensor(t, dtype=torch.float64)))
+
     def sigma(self, t: float, x: Tensor) -> Tensor:
-        r"""Returns :math:`\sigma_t` expanded to shape :math:`(B,)`."""
-        sigma_t = self.schedule.sigma_ve(torch.tensor(t, dtype=torch.float64))
-        return sigma_t.to(dtype=x.dtype, device=x.device).expand(x.shape[0])
+        r"""Returns :math:`\sigma_t` with shape :math:`(B,)`, in the dtype and on the device of
+        `x` (a fill: no host-to-device copy)."""
+        return torch.full((x.shape[0],), self.level(t), dtype=x.dtype, device=x.device)
 
     def denoise(self, x_t: Tensor, t: float) -> Tensor:
-        return self.denoiser(x_t, self.sigma(t, x_t))
+        r"""Returns :math:`d(x_t, \sigma_t)`."""
+        return self.call(self.denoiser, x_t, t)
+
+    def call(self, f: Callable[[Tensor, Tensor], Tensor], x_t: Tensor, t: float):
+        r"""Returns `f(x_t, sigma_t)`, inside :func:`emdm.guidance.base.positive_sigma`
+        when :math:`\sigma_t` is positive in `x_t`'s dtype."""
+        level = self.level(t)
+        sigma = torch.full((x_t.shape[0],), level, dtype=x_t.dtype, device=x_t.device)
+        with positive_sigma(level >= torch.finfo(x_t.dtype).tiny):  # stays > 0 once cast
+            return f(x_t, sigma)
 
     @abstractmethod
     def step(self, x_t: Tensor, t: float, s: float, generator: Generator = None) -> Tensor:
@@ -144,15 +165,51 @@ class Sampler(ABC):
             )
         x = x_1
         grid = self.grid()
-        for i, (t, s) in enumerate(bar(grid, self.progress, desc="sampling", leave=False)):
-            x = self.step(x, t, s, generator)
-            if self.check_finite and not bool(torch.isfinite(x).all()):
-                sigma_t = self.sigma(t, x)[0].item()
-                raise FloatingPointError(
-                    f"non-finite samples after the step from sigma_t = {sigma_t:.4g} "
-                    f"(step {i + 1} of {len(grid)})"
-                )
+        watch = _FiniteWatch(x, len(grid)) if self.check_finite else None
+        try:
+            for i, (t, s) in enumerate(bar(grid, self.progress, desc="sampling", leave=False)):
+                x = self.step(x, t, s, generator)
+                if watch is not None:
+                    watch.update(x, i)
+        except Exception:
+            if watch is not None:  # an error caused by an earlier non-finite state names it
+                watch.check(grid, self.level)
+            raise
+        if watch is not None:
+            watch.check(grid, self.level)
         return self.denoise(x, 0.0) if self.final_denoise else x
+
+
+class _FiniteWatch:
+    r"""Records on the device the first step after which a sampler's state is not finite.
+
+    Each :meth:`update` is a few small device operations and no synchronization; :meth:`check`
+    reads the record once (one synchronization) and raises a `FloatingPointError` naming that
+    step and its :math:`\sigma_t`.
+
+    Arguments:
+        x: A state, whose device the record lives on.
+        steps: The number of steps :math:`N`.
+    """
+
+    def __init__(self, x: Tensor, steps: int):
+        self.steps = steps
+        self.first = torch.full((), steps, dtype=torch.int64, device=x.device)  # N: none yet
+
+    def update(self, x: Tensor, i: int) -> None:
+        r"""Records the state `x` after step `i` (from 0)."""
+        bad = torch.where(torch.isfinite(x).all(), self.steps, i)
+        self.first = torch.minimum(self.first, bad)
+
+    def check(self, grid: Sequence[tuple[float, float]], level: Callable[[float], float]):
+        r"""Raises a `FloatingPointError` if a recorded state was not finite, naming the first
+        step of `grid` after which it was and :math:`\sigma_t` = `level(t)` of that step."""
+        first = int(self.first)
+        if first < self.steps:
+            raise FloatingPointError(
+                f"non-finite samples after the step from sigma_t = {level(grid[first][0]):.4g} "
+                f"(step {first + 1} of {len(grid)})"
+            )
 
 
 class DDPM(Sampler):
@@ -281,7 +338,7 @@ class VPDDIM(Sampler):
     def step(self, x_t: Tensor, t: float, s: float, generator: Generator = None) -> Tensor:
         a_t, a_s, k, std = self.coefficients(t, s)
         if isinstance(self.denoiser, SplitDenoiser):
-            x_hat, delta = self.denoiser.split(x_t / a_t, self.sigma(t, x_t))
+            x_hat, delta = self.call(self.denoiser.split, x_t / a_t, t)
         else:
             x_hat, delta = self.denoise(x_t / a_t, t), None
         x_s = a_s * x_hat + k * (x_t - a_t * x_hat)

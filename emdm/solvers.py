@@ -115,7 +115,7 @@ def cg(
         x, r = x0, b - matvec(x0)
     p = r
     rr = batched_dot(r, r, dot, acc)
-    tol = rtol**2 * batched_dot(b, b, dot, acc)
+    tol = rtol**2 * (rr if x0 is None else batched_dot(b, b, dot, acc))  # r = b from x0 = 0
     active = rr > tol  # neither solved nor frozen by the guard
 
     # each update after the product C p is one fused kernel on CUDA (kernels/cg.py), the eager

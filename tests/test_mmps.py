@@ -341,3 +341,103 @@ def test_gmres_solver_equals_closed_form(problem, sigma):
     MMPS(counting, DenseOperator(A), y, 0.05**2, iterations=2, solver="gmres")(x_t, s)
     assert (counting.forwards, counting.backwards) == (1, 3)
     assert "gmres" in repr(mmps)
+
+
+def test_sampler_calls_skip_the_sigma_sync_and_direct_calls_keep_it(problem, monkeypatch):
+    from emdm.guidance import base
+
+    denoiser, cov_x, mu, A, y, x_t = problem
+    checks = []
+
+    def recording(sigma, x, check=True):
+        checks.append(check)
+        return broadcast_sigma(sigma, x, check=check)
+
+    broadcast_sigma = base.broadcast_sigma
+    monkeypatch.setattr(base, "broadcast_sigma", recording)
+    mmps = MMPS(denoiser, DenseOperator(A), y, 0.01, iterations=2)
+    mmps(x_t, torch.ones(B, dtype=torch.float64))
+    assert checks == [True]
+    sample(mmps, x_t, VESchedule(1e-3, 1e2), "ddpm", 3)
+    assert checks == [True] + [False] * 4  # 3 steps and the final call, none checked
+    with pytest.raises(ValueError, match="sigma must be positive"):
+        mmps(x_t, torch.zeros(B, dtype=torch.float64))
+
+
+def test_isotropic_noise_takes_the_scaled_add_and_agrees_with_a_diagonal(problem):
+    denoiser, cov_x, mu, A, y, x_t = problem
+    s = torch.full((B,), 0.7, dtype=torch.float64)
+    iso = MMPS(denoiser, DenseOperator(A), y, 0.03, iterations=3)
+    diag = MMPS(denoiser, DenseOperator(A), y, torch.full((B, M), 0.03, dtype=torch.float64),
+                iterations=3)  # fmt: skip
+    assert iso.variance == 0.03 and diag.variance is None
+    torch.testing.assert_close(iso(x_t, s), diag(x_t, s), rtol=1e-12, atol=1e-12)
+
+
+def bench_problem(device, k):
+    """The problem of bench/mmps_cost.py: an EDM 3 x 256 MLP, B = 256, D = 64, M = 16."""
+    from emdm import graphs
+
+    torch.manual_seed(0)
+    net = EDMDenoiser(TimeMLP(64, emb_features=64, hidden_features=(256,) * 3), emb_features=64)
+    net = net.to(device).eval()
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(256, 16, 64, generator=g)
+    A = A / A.norm(dim=-1, keepdim=True)
+    x = torch.randn(256, 64, generator=g)
+    y = DenseOperator(A)(x) + 0.1 * torch.randn(256, 16, generator=g)
+    x_t, A, y = (x + torch.randn(256, 64, generator=g)).to(device), A.to(device), y.to(device)
+    eager = MMPS(net, DenseOperator(A), y, 1e-2, iterations=k)
+    sigma = torch.ones(256, device=device)
+    captured = graphs.CapturedDenoiser(MMPS(net, DenseOperator(A), y, 1e-2, iterations=k), x_t,
+                                       sigma)  # fmt: skip
+    return eager, captured, x_t
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+
+
+@CUDA
+@pytest.mark.parametrize("k", [1, 3])
+def test_captured_call_equals_eager_on_the_bench_problem(k):
+    device = torch.device("cuda")
+    eager, captured, x_t = bench_problem(device, k)
+    for scale in (2.0, 0.5, 1.0):  # replays on new inputs, not the captured example
+        sigma = torch.full((256,), scale, device=device)
+        x = scale * x_t
+        torch.testing.assert_close(captured(x, sigma), eager(x, sigma), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(captured(x_t, 1.0), eager(x_t, torch.ones(256, device=device)))
+    # the warm-up did not count; every replay did, as the eager calls
+    assert captured.denoiser.nonpositive.item() == eager.nonpositive.item()
+    with pytest.raises(ValueError, match=r"captured for x_t of shape \(256, 64\)"):
+        captured(x_t[:128], torch.ones(128, device=device))
+
+
+@CUDA
+def test_captured_sampler_run_equals_eager():
+    device = torch.device("cuda")
+    eager, captured, x_t = bench_problem(device, 3)
+    schedule = VESchedule()
+    runs = [
+        sample(
+            d,
+            x_t * 10,
+            schedule,
+            "ddpm",
+            8,
+            generator=torch.Generator(device).manual_seed(1),
+            check_finite=True,
+        )
+        for d in (eager, captured)
+    ]
+    torch.testing.assert_close(runs[1], runs[0], rtol=1e-4, atol=1e-4)
+
+
+def test_captured_denoiser_refuses_the_cpu(problem):
+    from emdm.graphs import CapturedDenoiser
+
+    denoiser, cov_x, mu, A, y, x_t = problem
+    mmps = MMPS(denoiser, DenseOperator(A), y, 0.01)
+    with pytest.raises(ValueError, match="x_t must be a CUDA tensor, got cpu"):
+        CapturedDenoiser(mmps, x_t, torch.ones(B, dtype=torch.float64))
+    assert mmps.nonpositive.item() == 0  # refused before any call

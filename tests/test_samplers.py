@@ -305,3 +305,52 @@ def test_samplers_for_a_schedule_are_those_that_run_on_it():
         else:
             with pytest.raises(ValueError, match="needs a VPSchedule"):
                 sample(Recorder(), x, SCHEDULE, name, 2)
+
+
+class Exploding:
+    """Returns zeros, then NaN from the first call at sigma below `below` on."""
+
+    def __init__(self, below):
+        self.below, self.calls = below, 0
+
+    def __call__(self, x_t, sigma):
+        self.calls += 1  # no branch on sigma: that would synchronize
+        return torch.zeros_like(x_t).masked_fill(sigma[:, None] < self.below, float("nan"))
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "pc"])
+def test_check_finite_names_the_first_failing_step_without_a_sync_per_step(sampler, monkeypatch):
+    steps = 8
+    sigmas = [SCHEDULE.sigma(torch.tensor(1 - i / steps, dtype=DT)).item() for i in range(steps)]
+    first = 3  # the step from sigmas[3] is the first to call the denoiser below sigmas[2]
+    den = Exploding(below=sigmas[first - 1] * 0.999)
+    if sampler == "pc":  # its corrector at s = t_{i+1} is called in step i
+        first -= 1
+    synced = []
+    item = torch.Tensor.__bool__
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda t: synced.append(1) or item(t))
+    with pytest.raises(FloatingPointError) as error:
+        sample(den, torch.zeros(2, 3, dtype=DT), SCHEDULE, sampler, steps, check_finite=True)
+    monkeypatch.undo()
+    assert f"sigma_t = {sigmas[first]:.4g} (step {first + 1} of {steps})" in str(error.value)
+    assert den.calls == SAMPLERS[sampler](den, SCHEDULE).calls_per_step * steps  # ran through
+    assert len(synced) <= 2  # the start's check and the one read at the end, not one per step
+
+
+def test_check_finite_reports_the_nan_behind_a_later_error():
+    calls = []
+
+    def failing(x_t, sigma):
+        calls.append(sigma[0].item())
+        if len(calls) == 2:
+            return torch.full_like(x_t, float("nan"))
+        if len(calls) == 4:
+            raise RuntimeError("a solver choked on NaN")
+        return torch.zeros_like(x_t)
+
+    with pytest.raises(FloatingPointError, match=r"step 2 of 8") as error:
+        sample(failing, torch.zeros(2, 3, dtype=DT), SCHEDULE, "ddim", 8, check_finite=True)
+    assert isinstance(error.value.__context__, RuntimeError)
+    with pytest.raises(RuntimeError, match="choked"):  # unchecked: the error as it came
+        calls.clear()
+        sample(failing, torch.zeros(2, 3, dtype=DT), SCHEDULE, "ddim", 8)

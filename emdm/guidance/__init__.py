@@ -13,7 +13,7 @@ gradient step on :math:`x_t` (:class:`DPS`) or a guidance term added to the scor
 :data:`BASELINES` names the posterior-sampling baselines of the paper's Appendix E.
 """
 
-from .base import Guidance, Linearization, PosteriorDenoiser, SolvedGuidance
+from .base import Guidance, Linearization, PosteriorDenoiser, SolvedGuidance, positive_sigma
 from .covariances import (
     COVARIANCES,
     GaussianPrior,
@@ -52,5 +52,6 @@ __all__ = [
     "SolvedGuidance",
     "Tweedie",
     "Zero",
+    "positive_sigma",
     "prior_covariance",
 ]

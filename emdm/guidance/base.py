@@ -30,10 +30,13 @@ __all__ = [
     "Operator",
     "PosteriorDenoiser",
     "SolvedGuidance",
+    "positive_sigma",
 ]
 
+import contextlib
+import contextvars
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import cached_property
 
 import torch
@@ -63,6 +66,24 @@ def check_positive(name: str, value, *, integer: bool = False):
     if not value > 0:
         raise ValueError(f"{name} must be positive, got {value}")
     return value
+
+
+_POSITIVE_SIGMA = contextvars.ContextVar("emdm_positive_sigma", default=False)
+
+
+@contextlib.contextmanager
+def positive_sigma(known: bool = True) -> Iterator[None]:
+    r"""A context in which posterior denoisers take :math:`\sigma_t > 0` as given (when
+    `known`) and skip their per-call check, a host synchronization on CUDA.
+
+    The samplers of :mod:`emdm.samplers` call their denoiser inside it, having checked each
+    :math:`\sigma_t` of their grid on the host; a direct call outside it is checked as before.
+    """
+    token = _POSITIVE_SIGMA.set(known)
+    try:
+        yield
+    finally:
+        _POSITIVE_SIGMA.reset(token)
 
 
 class Linearization:
@@ -164,12 +185,13 @@ class PosteriorDenoiser(ABC):
             sigma: The noise levels, with shape :math:`(B,)` or :math:`()`.
             grad: Whether to keep the denoiser's graph w.r.t. :math:`x_t` (its
                 vector-Jacobian products).
-            check: Whether to check :math:`\sigma > 0` (one host sync).
+            check: Whether to check :math:`\sigma > 0` (one host sync); skipped inside
+                :func:`positive_sigma`.
             residual_graph: Whether :math:`A \hat{x}` keeps its graph too (to differentiate
                 a function of the residual).
         """
         self.check_x(x_t)
-        sigma = broadcast_sigma(sigma, x_t, check=check)
+        sigma = broadcast_sigma(sigma, x_t, check=check and not _POSITIVE_SIGMA.get())
         with torch.enable_grad():
             x_t = x_t.detach().requires_grad_(grad)
             with region(FORWARD):
