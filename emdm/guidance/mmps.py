@@ -36,7 +36,6 @@ __all__ = ["MMPS", "SOLVERS"]
 import torch
 from torch import Tensor
 
-from ..covariance import Isotropic
 from ..dplr import DPLR
 from ..profiling import OPERATOR, SOLVE, region
 from ..solvers import DENSE_MAX, DOTS, cg, dense_solve, gmres
@@ -90,8 +89,9 @@ class MMPS(PosteriorDenoiser):
         arithmetic: each VJP evicts :math:`A` and the dispatcher's state from the caches, so
         an application of a per-sample dense :math:`A` (a 1 MB matrix at
         :math:`B = 256, M = 16, D = 64`) costs 2-4x its isolated time, and every small
-        operation 20-40 us. The solve therefore does the fewest operations it can: an
-        isotropic :math:`\Sigma_y = s I` enters each matrix-vector product as one scaled add.
+        operation 20-40 us (`python -m bench.profile mmps` shows it). Fusing the isotropic
+        :math:`\Sigma_y v` into one scaled add gained nothing measurable and changed the
+        samples by float rounding, so the product stays :math:`\Sigma_y v + A V_t A^T v`.
     """
 
     def __init__(
@@ -130,7 +130,6 @@ class MMPS(PosteriorDenoiser):
                 raise ValueError("cov_y must be positive definite: it has eigenvalues <= 0")
         self.nonpositive = torch.zeros((), dtype=torch.int64, device=y.device)
         # Σ_y = s I: s as a float, read once here (the observation was checked, synchronized)
-        self.variance = float(self.cov_y.variance) if isinstance(self.cov_y, Isotropic) else None
 
     def check_x(self, x_t: Tensor) -> None:
         super().check_x(x_t)
@@ -138,14 +137,12 @@ class MMPS(PosteriorDenoiser):
 
     def __call__(self, x_t: Tensor, sigma: Tensor) -> Tensor:  # see PosteriorDenoiser.__call__
         lin = self.linearize(x_t, sigma, check=self.check)
-        A, A_T, cov_y, s = lin.A, lin.A_T, self.cov_y, self.variance
+        A, A_T, cov_y = lin.A, lin.A_T, self.cov_y
         V = self.covariance.operator(lin.sigma, lin.vjp, lin.x_hat)
 
         def matvec(v: Tensor) -> Tensor:  # C v = Σ_y v + A V_t Aᵀ v
             if V is None:  # V_t = 0
                 return cov_y @ v
-            if s is not None:  # Σ_y = s I: one fused op, A V Aᵀ v + s v
-                return torch.add(A(V(A_T(v))), v, alpha=s)
             return cov_y @ v + A(V(A_T(v)))
 
         acc = self.accumulate or torch.float64
