@@ -50,7 +50,7 @@ import torch
 C = TypeVar("C")
 
 #: The scales of a reproduction script's presets (:func:`parse_scaled`), its `scale` field.
-SCALES = ("paper", "quick")
+SCALES = ("paper", "quick", "smoke")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,7 +245,7 @@ def parse_config(
 
 
 def _parse(parser: argparse.ArgumentParser, cls: type[C], argv: Any, defaults: Any) -> C:
-    args = vars(parser.parse_args(argv))  # parse_scaled's `quick` is no field: _build skips it
+    args = vars(parser.parse_args(argv))  # parse_scaled's presets are no fields: _build skips them
     try:
         return _build(cls, args, defaults)
     except ValueError as error:  # from the dataclass's own checks (__post_init__)
@@ -267,30 +267,48 @@ def _build(cls: type[C], args: dict[str, Any], defaults: Any, prefix: str = "") 
 
 
 def parse_scaled(
-    cls: type[C], argv: list[str] | None, *, quick: C, paper: C, prog: str | None = None
+    cls: type[C],
+    argv: list[str] | None,
+    *,
+    quick: C,
+    paper: C,
+    smoke: C | None = None,
+    prog: str | None = None,
 ) -> C:
     r"""Parses `argv` for a reproduction script: `--quick` selects the preset `quick` (CPU,
-    minutes) instead of `paper` as the defaults, which the other flags then override. `--help`
-    lists `--quick` first and shows the defaults of the preset selected (`--quick --help`: the
-    quick preset's)."""
+    minutes) instead of `paper` as the defaults, which the other flags then override; where the
+    script has one, `--smoke` selects `smoke` (the paper's shapes, networks and operators with
+    every loop cut to a step or two: what a paper run would hit first, in seconds to minutes).
+    `--help` lists the presets first and shows the defaults of the preset selected
+    (`--quick --help`: the quick preset's)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    is_quick = "--quick" in argv
+    is_quick, is_smoke = "--quick" in argv, smoke is not None and "--smoke" in argv
+    selected = smoke if is_smoke else quick if is_quick else paper
     description = (cls.__doc__ or "").strip()
     shown = (
-        "the quick preset's" if is_quick else "the paper preset's; --quick --help shows quick's"
-    )
+        "the smoke preset's" if is_smoke else "the quick preset's" if is_quick
+        else "the paper preset's; --quick --help shows quick's"
+    )  # fmt: skip
     parser = argparse.ArgumentParser(
         prog=prog,
         description=f"{description}\n\nDefaults shown: {shown}.".strip(),
         formatter_class=_HelpFormatter,
     )
-    parser.add_argument(
+    presets = parser.add_mutually_exclusive_group()
+    presets.add_argument(
         "--quick",
         action="store_true",
         help="the quick preset: CPU scale, minutes; without it, the paper's configuration",
     )
-    config_parser(cls, parser, defaults=quick if is_quick else paper)
-    return _parse(parser, cls, argv, quick if is_quick else paper)
+    if smoke is not None:
+        presets.add_argument(
+            "--smoke",
+            action="store_true",
+            help="the smoke preset: the paper's shapes and networks, each loop cut to a step or "
+            "two (small batches): a paper run's shape, dtype and memory errors, first",
+        )
+    config_parser(cls, parser, defaults=selected)
+    return _parse(parser, cls, argv, selected)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

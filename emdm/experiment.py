@@ -81,14 +81,16 @@ class ResumableRun(DeviceRun):
     )
 
 
-def parse_run(cls: type[C], argv: list[str] | None, *, quick: C, paper: C, prog: str) -> C | None:
+def parse_run(
+    cls: type[C], argv: list[str] | None, *, quick: C, paper: C, prog: str, smoke: C | None = None
+) -> C | None:
     r"""The config of an entry point from `argv` (`--quick` selects the quick preset, see
     :func:`emdm.config.parse_scaled`), or `None` after printing it if `--dry-run` was given.
     The device of a :class:`DeviceRun` is checked first (:func:`emdm.config.check_device`),
     and `threads` is replaced by the spec in force (`EMDM_THREADS` or "auto" for an empty one,
     :func:`emdm.threads.effective`), which is applied (:func:`emdm.threads.apply`) unless
     `--dry-run`: the saved config names the policy, the provenance the count."""
-    cfg = parse_scaled(cls, argv, quick=quick, paper=paper, prog=prog)
+    cfg = parse_scaled(cls, argv, quick=quick, paper=paper, smoke=smoke, prog=prog)
     try:  # before any work, even --dry-run
         if isinstance(cfg, DeviceRun):  # whether torch sees it
             check_device(cfg.device)

@@ -358,3 +358,24 @@ def test_every_config_field_declares_its_help():
             assert help.strip(), f"{cls.__name__}.{field.name} has no help"
             assert not help.startswith("must be"), f"{cls.__name__}.{field.name}"
         cls()  # the defaults meet the constraints
+
+
+def test_smoke_preset_is_selected_by_its_flag_and_excludes_quick(capsys):
+
+    from emdm.config import parse_scaled
+
+    @dataclasses.dataclass
+    class Cfg(Checked):
+        steps: int = option(100, "steps", check=POSITIVE)
+
+    presets = dict(quick=Cfg(steps=10), paper=Cfg(steps=1000), smoke=Cfg(steps=1))
+    assert parse_scaled(Cfg, ["--smoke"], **presets).steps == 1
+    assert parse_scaled(Cfg, ["--smoke", "--steps", "2"], **presets).steps == 2
+    assert parse_scaled(Cfg, ["--quick"], **presets).steps == 10
+    assert parse_scaled(Cfg, [], **presets).steps == 1000
+    with pytest.raises(SystemExit):
+        parse_scaled(Cfg, ["--smoke", "--quick"], **presets)
+    assert "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a script without a smoke preset has no such flag
+        parse_scaled(Cfg, ["--smoke"], quick=Cfg(), paper=Cfg())
+    assert "unrecognized arguments: --smoke" in capsys.readouterr().err
