@@ -2,10 +2,10 @@ r"""Provenance of a result, and the tidy CSV + JSON pair that every run writes.
 
 A run named `name` writes `<out_dir>/<name>.csv`, one row per measurement with a `metric` and a
 `value` column plus the columns that identify the row, and `<out_dir>/<name>.json`, holding the
-resolved config, the scale (`"quick"` or `"paper"`), the provenance (git commit, versions,
-device, threads, time), the wall time and the SHA-256 of each file of the result. These two and
-the run's figures and arrays are published together (:class:`emdm.publish.Publication`): a crash
-leaves the former set or the new one, never a mix.
+resolved config, the scale (`"quick"`, `"paper"` or `"smoke"`), the provenance (git commit,
+versions, device, threads, time), the wall time and the SHA-256 of each file of the result.
+These two and the run's figures and arrays are published together
+(:class:`emdm.publish.Publication`): a crash leaves the former set or the new one, never a mix.
 """
 
 __all__ = ["code_version", "provenance", "write_results"]
@@ -145,7 +145,7 @@ def write_results(
     *,
     wall_time: float,
     out_dir: str | os.PathLike = "results",
-    quick: bool,
+    quick: bool | str,
     extra: dict[str, Any] | None = None,
     device: torch.device | str | None = None,
     figures: "Mapping[str, Figure] | None" = None,
@@ -162,7 +162,8 @@ def write_results(
         config: The resolved config of the run.
         wall_time: The run's wall time, in seconds (all segments of a resumed run).
         out_dir: The folder, created if missing.
-        quick: Whether the run is at quick (CPU) scale rather than paper scale.
+        quick: Whether the run is at quick (CPU) scale rather than paper scale, or the scale's
+            name itself (`"quick"`, `"paper"`, `"smoke"`: a config's `scale`).
         extra: Anything else to record in the JSON.
         device: The device of the run, for the provenance.
         figures: Figures to publish with the tables, by file name (saved as PNG, 150 dpi).
@@ -185,7 +186,7 @@ def write_results(
 
     meta = {
         "name": name,
-        "scale": "quick" if quick else "paper",
+        "scale": quick if isinstance(quick, str) else "quick" if quick else "paper",
         "config": config,
         "wall_time_s": float(wall_time),
         "provenance": provenance(device),

@@ -49,7 +49,7 @@ class Fig1Config(Outputs):
 
 
 QUICK = Fig1Config(samples=16384, scale="quick", name="fig1_quick")
-PAPER = Fig1Config(name="fig1")
+PAPER = Fig1Config(name="fig1")  # already CPU-sized: no smoke preset
 
 
 def helix(n: int = 256) -> torch.Tensor:

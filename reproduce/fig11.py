@@ -41,6 +41,7 @@ class Fig11Config(Outputs):
     seed: int = option(0, "seed of the slices drawn", check=NONNEGATIVE)
 
 
+# already CPU-sized (it reads 8 volumes and shows 16 slices): no smoke preset
 PAPER = Fig11Config(name="fig11")
 QUICK = Fig11Config(data="phantoms", size=32, scale="quick", name="fig11_quick")
 

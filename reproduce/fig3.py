@@ -19,6 +19,7 @@ paper's E-step, and the score panel draws one curve per E-step.
     python reproduce/fig3.py --device cuda   # the paper's sizes (65 536 observations, 64 laps)
     python reproduce/fig3.py --quick --resume      # continue a killed run
     python reproduce/fig3.py --quick --compare     # the paper's E-step alone
+    python reproduce/fig3.py --smoke     # the paper's sizes, each loop cut to a step or two
 
 Expected: the score falls several-fold from q_1 to the last iteration and the 2-D marginals
 concentrate on the curve. Writes results/fig3[_quick].{csv,json,png}, _score.png and the q_k
@@ -119,10 +120,23 @@ QUICK = Fig3Config(
     scale="quick",
     name="fig3_quick",
 )
+# the paper's data (65 536 observations, (N, 2, 5) operators), network, dense solver and E-step
+# batch of 16 384: one Gaussian-fit iteration, one lap of 2 Adam steps (batch 1024) and 2 PC
+# steps, OT scores on 2 samples per side
+SMOKE = Fig3Config(
+    start=GaussianStart(rank=5, iterations=1, observations=65536, steps=2, cg_iterations=2),
+    em=EMConfig(iterations=1, train_steps=2, batch_size=1024, steps=2, solver="dense",
+                sample_batch=16384, covariance="cov_x"),
+    ot_samples=2,
+    scale="smoke",
+    name="fig3_smoke",
+)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_run(Fig3Config, argv, quick=QUICK, paper=PAPER, prog="reproduce/fig3.py")
+    cfg = parse_run(
+        Fig3Config, argv, quick=QUICK, paper=PAPER, smoke=SMOKE, prog="reproduce/fig3.py"
+    )
     if cfg is None:  # --dry-run
         return 0
     device, out = check_device(cfg.device), check_writable(cfg.out)
@@ -215,7 +229,7 @@ def _publish(cfg: Fig3Config, run: RunFolder, out: Path, truth, device) -> None:
         config_dict(cfg),
         wall_time=run.wall_time,
         out_dir=out,
-        quick=cfg.scale == "quick",
+        quick=cfg.scale,
         device=device,
         segments=run.segments,
         figures=figures,

@@ -38,7 +38,7 @@ class Fig7Config(Outputs):
 
 
 QUICK = Fig7Config(samples=4096, scale="quick", name="fig7_quick")
-PAPER = Fig7Config(name="fig7")
+PAPER = Fig7Config(name="fig7")  # already CPU-sized: no smoke preset
 
 
 def main(argv: list[str] | None = None) -> int:

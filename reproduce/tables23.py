@@ -159,7 +159,7 @@ class Tables23Config(Outputs):
 
 
 def main(argv: list[str] | None = None) -> int:
-    paper = Tables23Config(name="tables23")
+    paper = Tables23Config(name="tables23")  # it reads configs, computes nothing: no smoke
     cfg = parse_run(Tables23Config, argv, quick=paper, paper=paper, prog="reproduce/tables23.py")
     if cfg is None:  # --dry-run
         return 0
