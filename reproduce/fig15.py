@@ -10,6 +10,7 @@ difference between adjacent columns against adjacent rows, and their ratio, for 
 samples and for the truth.
 
     python reproduce/fig15.py --quick            # 32x32 phantoms, tiny U-Net: 4.5 min, 2 CPU cores
+    python reproduce/fig15.py --smoke --data-dir DATA  # the paper's shapes, a step or two each
     python reproduce/fig15.py --data-dir DATA --device cuda     # DATA/singlecoil_{train,val}
     python reproduce/fig15.py --quick --resume   # continue, or re-report a finished run
 
@@ -37,6 +38,7 @@ from emdm.mri import (
     paper_em,
     quick_config,
     schedule,
+    smoke_config,
     stripes,
     training_observations,
 )
@@ -70,10 +72,15 @@ PAPER = Fig15Config(name="fig15", em=dataclasses.replace(paper_em(), iterations=
 # two priors in ~5 min on 2 CPU cores: half the slices and Adam steps of Figure 6's quick laps
 QUICK = quick_config(Fig15Config, iterations=2, slices=384, train_steps=128, eval_steps=24,
                      name="fig15_quick")  # fmt: skip
+# both covariances' priors at the training's smoke scale (1 slice, 1 lap of 1 Adam step), each
+# then drawing 2 unconditional samples (a batch of 2) with DDPM 1 step
+SMOKE = smoke_config(Fig15Config, lap=1, samples=2, eval_steps=1, name="fig15_smoke")
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_run(Fig15Config, argv, quick=QUICK, paper=PAPER, prog="reproduce/fig15.py")
+    cfg = parse_run(
+        Fig15Config, argv, quick=QUICK, paper=PAPER, smoke=SMOKE, prog="reproduce/fig15.py"
+    )
     if cfg is None:  # --dry-run
         return 0
     return run_in_folder(cfg, lambda ctx, device, out, run: _run(cfg, ctx, device, out, run))
@@ -109,7 +116,7 @@ def _run(cfg: Fig15Config, ctx, device, out: Path, run: RunFolder) -> None:
     columns = min(8, cfg.samples)
     figure = image_grid(panels, columns=columns, rows=-(-cfg.samples // columns))
     write_results(cfg.name, rows, config_dict(cfg), wall_time=run.wall_time, out_dir=out,
-                  quick=cfg.scale == "quick", device=device, segments=run.segments,
+                  quick=cfg.scale, device=device, segments=run.segments,
                   figures={f"{cfg.name}.png": figure})  # fmt: skip
 
 

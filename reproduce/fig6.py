@@ -10,6 +10,7 @@ metric): PSNR and SSIM on (x + 2) / 4 of the posterior mean and of the zero-fill
 against the truth.
 
     python reproduce/fig6.py --quick       # 32x32 phantoms, tiny U-Net: ~6 min on 2 CPU cores
+    python reproduce/fig6.py --smoke --data-dir DATA   # the paper's shapes, loops cut to 1-2 steps
     python reproduce/fig6.py --data-dir DATA --device cuda     # DATA/singlecoil_{train,val}
     torchrun --nproc_per_node=4 reproduce/fig6.py --data-dir DATA --device cuda
 
@@ -35,6 +36,7 @@ from emdm.mri import (
     learn_mri_prior,
     quick_config,
     schedule,
+    smoke_config,
     training_observations,
 )
 from emdm.observation import Observation
@@ -65,10 +67,16 @@ class Fig6Config(MRIConfig):
 PAPER = Fig6Config(name="fig6", accelerations=(4.0, 8.0, 16.0, 32.0))  # protocols §5.4
 QUICK = quick_config(Fig6Config, iterations=5, test_slices=32, posterior_samples=4,
                      eval_steps=24, name="fig6_quick")  # fmt: skip
+# the training's smoke scale (1 slice, 1 lap of 1 Adam step), then 2 held-out slices (a batch
+# of 2) at one acceleration, 1 posterior sample each, DDPM 1 step with the paper's CG 5
+SMOKE = smoke_config(Fig6Config, accelerations=(4.0,), test_slices=2, posterior_samples=1,
+                     eval_steps=1, name="fig6_smoke")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_run(Fig6Config, argv, quick=QUICK, paper=PAPER, prog="reproduce/fig6.py")
+    cfg = parse_run(
+        Fig6Config, argv, quick=QUICK, paper=PAPER, smoke=SMOKE, prog="reproduce/fig6.py"
+    )
     if cfg is None:  # --dry-run
         return 0
     return run_in_folder(cfg, lambda ctx, device, out, run: _run(cfg, ctx, device, out, run))
@@ -107,7 +115,7 @@ def _run(cfg: Fig6Config, ctx, device, out: Path, run: RunFolder) -> None:
         panels[f"R = {R:g}: samples"] = samples[:2, :2].transpose(0, 1).flatten(0, 1)
         panels[f"R = {R:g}: mean"] = estimates["posterior_mean"][:4]
     write_results(cfg.name, rows, config_dict(cfg), wall_time=run.wall_time, out_dir=out,
-                  quick=cfg.scale == "quick", device=device, segments=run.segments,
+                  quick=cfg.scale, device=device, segments=run.segments,
                   figures={f"{cfg.name}.png": image_grid(panels, columns=2, rows=2)})  # fmt: skip
 
 

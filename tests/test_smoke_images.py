@@ -1,0 +1,125 @@
+"""The image scripts' smoke presets end to end on the CPU: the paper's shapes, networks and
+operators (CIFAR's U-Net at 32x32, the MRI U-Net behind the 4x4 pixel unshuffle at 320x320, the
+ADM U-Net at 256x256) with every loop cut to a step or two, on fake data files in the real
+formats. What a paper run would hit first (a shape, dtype or memory error) fails here."""
+
+import json
+import math
+import resource
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_data import write_fake_cifar
+
+from emdm.data.fastmri import write_fake_fastmri
+from reproduce import fig6, fig15, table1, table4
+
+pytestmark = pytest.mark.slow
+# the end-to-end runs take minutes each on 2 CPU cores: `heavy`, deselected by default, run
+# with `pytest -m heavy` (bench/gpu_all.sh runs the same presets on CUDA)
+
+
+def _published(out, name: str) -> pd.DataFrame:
+    r"""The result `name` in `out`: its table, every value finite, labelled a smoke run."""
+    meta = json.loads((out / f"{name}.json").read_text())
+    assert meta["config"]["scale"] == "smoke" and meta["config"]["name"] == name
+    frame = pd.read_csv(out / f"{name}.csv")
+    assert len(frame) > 0 and np.isfinite(frame.value).all(), frame
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    print(f"{name}: peak RSS of the session so far {peak:.2f} GiB")
+    return frame
+
+
+@pytest.mark.parametrize("script", [table1, fig6, fig15, table4])
+def test_smoke_help_and_dry_run(script, capsys):
+    with pytest.raises(SystemExit) as error:
+        script.main(["--smoke", "--help"])
+    assert error.value.code == 0
+    assert "Defaults shown: the smoke preset's." in capsys.readouterr().out
+    assert script.main(["--smoke", "--dry-run"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["scale"] == "smoke" and cfg["name"] == f"{script.__name__.split('.')[-1]}_smoke"
+    with pytest.raises(SystemExit):  # one preset at a time
+        script.main(["--smoke", "--quick", "--dry-run"])
+
+
+@pytest.mark.heavy
+def test_table1_smoke(tmp_path):
+    write_fake_cifar(tmp_path / "data", per_batch=10)  # 10 test images: the IS's 10 splits
+    argv = ["--smoke", "--data-dir", str(tmp_path / "data"), "--quiet", "--out", str(tmp_path)]
+    assert table1.main(argv) == 0
+    frame = _published(tmp_path, "table1_smoke")
+    assert set(frame.covariance) == {"tweedie", "identity", "sigma_t", "truth"}
+    fid = frame[frame.metric == "fid"]
+    assert sorted(fid.em_iteration.unique()) == [0, 1]  # q_0 and the one lap
+    check = frame[frame.metric.str.startswith("posterior_rmse_")]
+    assert len(check) == 3 * 3  # every run's prior with every covariance
+    for name in ("fig4_smoke.png", "table1_smoke_samples.png"):
+        assert (tmp_path / name).exists()
+    samples = torch.load(tmp_path / "table1_smoke_run" / "tweedie_75" / "samples_1.pt")
+    assert samples.shape == (10, 3, 32, 32) and samples.isfinite().all()
+
+
+def _fastmri(root):
+    r"""Fake fastMRI knees at the real 320x320: 2 train slices and 2 held-out ones (a volume
+    of 12 slices gives its slices 10 and 11)."""
+    for split in ("train", "val"):
+        write_fake_fastmri(root / f"singlecoil_{split}", 1, slices=12, size=320)
+    return ["--data-dir", str(root)]
+
+
+@pytest.mark.heavy
+def test_fig6_smoke(tmp_path):
+    argv = ["--smoke", *_fastmri(tmp_path / "data"), "--quiet", "--out", str(tmp_path)]
+    assert fig6.main(argv) == 0
+    frame = _published(tmp_path, "fig6_smoke")
+    assert set(frame.method) == {"posterior_mean", "zero_filled"}
+    assert set(frame.metric) == {"psnr", "ssim"} and np.isfinite(frame["std"]).all()
+    assert (tmp_path / "fig6_smoke.png").exists()
+
+
+@pytest.mark.heavy
+def test_fig15_smoke(tmp_path):
+    argv = ["--smoke", *_fastmri(tmp_path / "data"), "--quiet", "--out", str(tmp_path)]
+    assert fig15.main(argv) == 0
+    frame = _published(tmp_path, "fig15_smoke")
+    assert set(frame.covariance) == {"truth", "identity", "tweedie"}
+    assert (frame[frame.covariance != "truth"].em_iteration == 1).all()
+    assert (frame.value > 0).all() and (tmp_path / "fig15_smoke.png").exists()
+
+
+@pytest.mark.heavy
+def test_table4_smoke(tmp_path):
+    # the paper's protocol with DPS's FFHQ U-Net at full size, its weights seeded random values
+    # (no download), one random 256 x 256 image and LPIPS weight files of random values
+    import torchvision
+    from PIL import Image
+
+    from emdm.metrics.lpips import CHANNELS
+    from emdm.nn.adm import FFHQ_256, ADMUNet
+
+    torch.manual_seed(0)
+    network = ADMUNet(FFHQ_256)
+    assert math.isclose(sum(p.numel() for p in network.parameters()) / 1e6, 93.6, abs_tol=0.1)
+    torch.save(network.state_dict(), tmp_path / "ffhq_10m.pt")
+    del network
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), tmp_path / "alexnet.pth")
+    lin = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(CHANNELS)}
+    torch.save(lin, tmp_path / "alex.pth")
+    (tmp_path / "images").mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "images" / "00000.png")
+    argv = ["--smoke", "--checkpoint", str(tmp_path / "ffhq_10m.pt"), "--image-dir",
+            str(tmp_path / "images"), "--lpips-alexnet", str(tmp_path / "alexnet.pth"),
+            "--lpips-linear", str(tmp_path / "alex.pth"), "--quiet",
+            "--out", str(tmp_path)]  # fmt: skip
+    # on 2 CPU cores a VJP of this U-Net takes ~30 s: one task and two methods of the preset's
+    # 4 x 7 (a GPU runs them all), 1 step
+    argv += ["--tasks", "box", "--methods", "dps", "mmps1", "--steps", "1"]
+    assert table4.main(argv) == 0
+    frame = _published(tmp_path, "table4_smoke")
+    assert set(frame.metric) == {"psnr", "ssim", "lpips"} and len(frame) == 2 * 3
+    for name in ("fig17_smoke.png", "fig18_smoke.png"):
+        assert (tmp_path / name).exists()
