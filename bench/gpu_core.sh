@@ -4,10 +4,11 @@
 #     PYTHONPATH=. bash bench/gpu_core.sh [OUT]        # from the repository root
 #
 # 1. the test suite, natively (the CUDA-parametrized tests in tests/test_device.py run there);
-# 2. bench/mmps_cost.py on CUDA at the CPU benchmark's size (B = 256) and at B = 16384;
+# 2. python3 -m bench.mmps_cost on CUDA at the CPU benchmark's size (B = 256) and at B = 16384;
 # 3. the MMPS check (python -m emdm mmps-check) on CUDA at 8x the default samples.
 # Writes OUT/bench/mmps_cost_<gpu>*.{csv,json}, OUT/mmps_check_<gpu>.{csv,json} and OUT/gpu_core.log
-# (OUT defaults to results). About 3 minutes on one H100.
+# (OUT defaults to results). About 3 minutes on one H100. bench/gpu_all.sh runs these steps among
+# every other GPU check.
 set -uo pipefail
 export PYTHONPATH=${PYTHONPATH:-.} PYTHONUNBUFFERED=1
 out=${1:-results}
@@ -23,9 +24,9 @@ echo "== tests"
 python3 -m pytest -q -p no:cacheprovider tests || status=1
 
 echo "== MMPS cost, B = 256"
-python3 bench/mmps_cost.py --device cuda --repeats 200 --out "$out/bench/mmps_cost_$gpu" || status=1
+python3 -m bench.mmps_cost --device cuda --repeats 200 --out "$out/bench/mmps_cost_$gpu" || status=1
 echo "== MMPS cost, B = 16384"
-python3 bench/mmps_cost.py --device cuda --batch 16384 --repeats 50 \
+python3 -m bench.mmps_cost --device cuda --batch 16384 --repeats 50 \
     --out "$out/bench/mmps_cost_${gpu}_b16384" || status=1
 
 echo "== MMPS check on CUDA"

@@ -12,9 +12,22 @@ a run folder from other code is refused, naming both commits: move it aside to r
 progress line per item, its wall time when it ends, and the total at the end; the times are
 also published as `results/reproduce_quick.{csv,json}`, with the commit they ran at. It stops
 at the first item that fails, with that item's exit status.
+
+The smoke presets (the paper's shapes, networks and operators, every loop cut to a step or two)
+run the same way, each item whose script defines `SMOKE`, on fake data files in the real
+formats that the runner writes first (fake CIFAR-10, fastMRI knees, a random ADM checkpoint):
+
+    python -m reproduce smoke --list                  # the items and their commands
+    python -m reproduce smoke --device cuda           # every smoke preset, on a GPU
+    python -m reproduce smoke table1 fig6 --device cuda --torchrun 1   # under torchrun
+
+Unlike `all`, `smoke` runs every item even after one fails, then names the failures (exit
+status 2); the times and exit statuses go to `<out>/reproduce_smoke.{csv,json}`.
 """
 
 import argparse
+import importlib
+import pickle
 import subprocess
 import sys
 import time
@@ -51,15 +64,172 @@ def command(item: str, out: str, quiet: bool) -> list[str]:
     return [*head, "--out", out, *(["--quiet"] if quiet else [])]
 
 
+def smoke_preset(item: str):
+    r"""The `SMOKE` preset of `item`'s script, or `None` where it has none (or is no script).
+    Importing a script does no work (its `main` does)."""
+    script = ITEMS[item][0]
+    if script == "-m":
+        return None
+    return getattr(importlib.import_module(f"reproduce.{Path(script).stem}"), "SMOKE", None)
+
+
+def smoke_items() -> list[str]:
+    r"""The items with a smoke preset, in `ITEMS`' order."""
+    return [item for item in ITEMS if smoke_preset(item) is not None]
+
+
+def _fake_cifar(root: Path) -> None:
+    # the real format: pickled dicts of uint8 rows; 10 test images for the IS's 10 splits
+    import numpy as np
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (10, 3072), dtype=np.uint8),
+                         b"labels": [0] * 10}, f)  # fmt: skip
+
+
+def _fake_fastmri(root: Path) -> None:
+    # one volume of 12 slices per split at the real 320 x 320: its slices 10 and 11 held out
+    from emdm.data.fastmri import write_fake_fastmri
+
+    for split in ("train", "val"):
+        write_fake_fastmri(root / f"singlecoil_{split}", 1, slices=12, size=320)
+
+
+def _fake_adm(root: Path) -> None:
+    # DPS's FFHQ U-Net at full size with seeded random weights, AlexNet and LPIPS weights of
+    # random values and one random 256 x 256 image: the files table4's paper path reads
+    import numpy as np
+    import torch
+    import torchvision
+    from PIL import Image
+
+    from emdm.metrics.lpips import CHANNELS
+    from emdm.nn.adm import FFHQ_256, ADMUNet
+
+    torch.manual_seed(0)
+    (root / "images").mkdir(parents=True)
+    torch.save(ADMUNet(FFHQ_256).state_dict(), root / "ffhq_10m.pt")
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), root / "alexnet.pth")
+    lin = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(CHANNELS)}
+    torch.save(lin, root / "alex.pth")
+    pixels = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(root / "images" / "00000.png")
+
+
+#: fake data set -> its writer (into an empty folder) and the flags that point a script at it
+FAKE_DATA = {
+    "cifar": (_fake_cifar, lambda d: ["--data-dir", str(d)]),
+    "fastmri": (_fake_fastmri, lambda d: ["--data-dir", str(d)]),
+    "adm": (_fake_adm, lambda d: ["--checkpoint", str(d / "ffhq_10m.pt"), "--image-dir",
+                                  str(d / "images"), "--lpips-alexnet", str(d / "alexnet.pth"),
+                                  "--lpips-linear", str(d / "alex.pth")]),
+}  # fmt: skip
+
+#: item -> the fake data set its smoke preset reads (items absent read none)
+SMOKE_DATA = {"table1": "cifar", "fig6": "fastmri", "fig15": "fastmri", "fig11": "fastmri",
+              "table4": "adm"}  # fmt: skip
+
+
+def fake_data(name: str, data: Path) -> Path:
+    r"""The folder `data/name` holding fake data set `name`, written on first use (a folder
+    left half-written by a killed writer is refused, naming it)."""
+    folder, done = data / name, data / f"{name}.done"
+    if not done.exists():
+        if folder.exists():
+            raise UserError(f"{folder} is incomplete (no {done.name}): remove it to rewrite it")
+        FAKE_DATA[name][0](folder)
+        done.touch()
+    return folder
+
+
+def smoke_command(
+    item: str, out: str, quiet: bool, device: str | None, data: Path, torchrun: int = 0
+) -> list[str]:
+    r"""The command line of `item`'s smoke preset, writing under `out`, reading its fake data
+    (if any) under `data`, on `device` (where the preset has one; `None`: the preset's), under
+    `torchrun` with that many processes (0: a plain process)."""
+    preset = smoke_preset(item)
+    if preset is None:
+        raise UserError(f"{item} has no smoke preset: expected one of {smoke_items()}")
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"]
+    args = [str(HERE / ITEMS[item][0]), "--smoke", "--out", out]
+    if item in SMOKE_DATA:
+        args += FAKE_DATA[SMOKE_DATA[item]][1](data / SMOKE_DATA[item])
+    if device is not None and hasattr(preset, "device"):
+        args += ["--device", device]
+    return [sys.executable, *(launcher if torchrun else []), *args,
+            *(["--quiet"] if quiet else [])]  # fmt: skip
+
+
+def smoke(args: argparse.Namespace) -> int:
+    r"""Runs (or lists) the smoke presets of `args.items[1:]`, default every one."""
+    items = args.items[1:] or smoke_items()
+    unknown = [i for i in items if i not in ITEMS or smoke_preset(i) is None]
+    if unknown:
+        raise UserError(f"no smoke preset for {unknown}: expected some of {smoke_items()}")
+    data = Path(args.data or Path(args.out) / "smoke_data")
+    commands = {i: smoke_command(i, args.out, args.quiet, args.device, data, args.torchrun)
+                for i in items}  # fmt: skip
+    if args.list:
+        for item, line in commands.items():
+            print(f"{item}: {' '.join(line)}")
+        return 0
+    check_writable(args.out)
+    rows, failed, start = [], [], time.perf_counter()
+    for i, item in enumerate(items, 1):
+        print(f"[{i}/{len(items)}] {item} (smoke) ...", flush=True)
+        t = time.perf_counter()
+        if item in SMOKE_DATA:
+            fake_data(SMOKE_DATA[item], data)
+        status = subprocess.run(commands[item], cwd=HERE.parent).returncode
+        seconds = time.perf_counter() - t
+        rows += [{"item": item, "metric": "wall_time_s", "value": seconds},
+                 {"item": item, "metric": "exit_status", "value": status}]  # fmt: skip
+        failed += [f"{item} (exit status {status})"] if status else []
+        print(f"[{i}/{len(items)}] {item} {'FAILED' if status else 'done'} in {seconds:.0f} s",
+              flush=True)  # fmt: skip
+    total = time.perf_counter() - start
+    config = {"items": items, "out": args.out, "device": args.device, "torchrun": args.torchrun}
+    # each item records its own device; the runner's provenance names none
+    write_results("reproduce_smoke", rows, config, wall_time=total, out_dir=args.out, quick=True)
+    print(f"{len(items)} smoke items in {total / 60:.1f} min")
+    if failed:
+        raise UserError(f"smoke items failed: {', '.join(failed)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m reproduce", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("items", nargs="*", help=f"'all' or some of: {', '.join(ITEMS)}")
+    parser.add_argument(
+        "items", nargs="*",
+        help=f"'all' or some of: {', '.join(ITEMS)}; or 'smoke' [items with a smoke preset]",
+    )  # fmt: skip
     parser.add_argument("--out", default="results", help="output folder (default: results)")
     parser.add_argument("--list", action="store_true", help="print each item's command and exit")
     parser.add_argument("--quiet", action="store_true", help="pass --quiet to every item")
+    smoke_flags = parser.add_argument_group("smoke presets only")
+    smoke_flags.add_argument(
+        "--device", help="device of every smoke item that has one (default: the preset's)"
+    )
+    smoke_flags.add_argument(
+        "--data", help="folder of the fake data files, written on first use (default: "
+        "OUT/smoke_data)",
+    )  # fmt: skip
+    smoke_flags.add_argument(
+        "--torchrun", type=int, default=0, metavar="P",
+        help="run each smoke item under torchrun with P processes (default 0: plain)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.items[:1] == ["smoke"]:
+        return smoke(args)
+    if args.device is not None or args.data is not None or args.torchrun:
+        raise UserError("--device, --data and --torchrun are for 'smoke' only")
     items = list(ITEMS) if args.items in (["all"], []) and not args.list else args.items
     unknown = [i for i in items if i not in ITEMS]
     if unknown or (not items and not args.list):
