@@ -53,8 +53,7 @@ def test_fig3_smoke(tmp_path):
         assert (tmp_path / f"fig3_smoke{suffix}").exists()
 
 
-@pytest.mark.slow
-@pytest.mark.heavy  # the 256 x 256 ADM U-Net: 1-3 min on 2 CPU cores
+@pytest.mark.slow  # the 256 x 256 ADM U-Net: a minute on 2 idle CPU cores
 def test_table5_smoke(tmp_path):
     assert table5.main(["--smoke", "--out", str(tmp_path), "--quiet"]) == 0
     frame = _check_outputs(tmp_path, "table5_smoke")
