@@ -202,7 +202,8 @@ def smoke(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    r"""The command line: items, or `smoke` and the smoke presets' own flags."""
     parser = argparse.ArgumentParser(
         prog="python -m reproduce", description=__doc__.split("\n")[0]
     )
@@ -225,7 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         "--torchrun", type=int, default=0, metavar="P",
         help="run each smoke item under torchrun with P processes (default 0: plain)",
     )  # fmt: skip
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args.items[:1] == ["smoke"]:
         return smoke(args)
     if args.device is not None or args.data is not None or args.torchrun:
