@@ -47,6 +47,7 @@ from .loss import beta33, denoising_loss
 from .observation import Observation
 from .profiling import BACKWARD, LOSS, OPTIMIZER, region
 from .progress import bar
+from .publish import check_disk, size_text
 from .runs import write_atomic
 from .samplers import sample, samplers_for
 from .schedule import Schedule, VESchedule
@@ -337,6 +338,34 @@ def _load_checkpoint(path: Path, device: torch.device | str | None = None) -> di
     return load_torch(path, message, map_location=device)
 
 
+def _nbytes(tensors: Any) -> int:
+    r"""The bytes of `tensors` in a file of :func:`torch.save`: their data, and at most 512
+    bytes each of archive records and alignment (measured: 330-490)."""
+    return sum(t.numel() * t.element_size() + 512 for t in tensors)
+
+
+def _check_disk(
+    directory: Path, denoiser: nn.Module, samples: Tensor, ema: bool, laps: int, snapshots: bool
+) -> None:
+    r"""Refuses a run whose checkpoints would not fit on `directory`'s disk, before any work:
+    `last.pt` (weights, EMA, Adam's two moments and step, samples, generator states), written
+    beside the old one before it replaces it, and `laps` snapshots `prior_<k>.pt` (the E-step's
+    weights and start mean)."""
+    state = list(denoiser.state_dict().values())
+    weights = _nbytes(state)
+    trained = [p for p in denoiser.parameters() if p.requires_grad]
+    adam = 2 * _nbytes(trained) + _nbytes(torch.zeros(()) for _ in trained)
+    rng = 2 * _nbytes([torch.get_rng_state()])  # the run's generator's and torch's
+    last = weights * (2 if ema else 1) + adam + _nbytes([samples]) + rng + 4096
+    snapshot = weights + _nbytes([samples[0]]) + 1024
+    # beside the last.pt on disk (or the first one written), one more while it is replaced
+    need = last * (1 if (directory / "last.pt").exists() or laps <= 1 else 2)
+    need += laps * snapshot if snapshots else 0
+    what = f"the EM run's checkpoints (last.pt of {size_text(last)}, written beside the old one"
+    what += f", and {laps} lap snapshot(s) of {size_text(snapshot)})" if snapshots else ")"
+    check_disk(directory, need, what)
+
+
 def _differences(a: dict, b: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
@@ -450,6 +479,8 @@ def run_em(
         ctx.barrier()  # no rank starts before every rank has checked the directory
 
     laps = range(start, cfg.iterations)
+    if directory is not None and ctx.main:
+        _check_disk(directory, denoiser, samples, ema is not None, len(laps), snapshots)
     for k in bar(laps, progress, desc="EM", initial=start, total=cfg.iterations):
         refresh()  # --threads auto: as many threads as the cores other jobs leave idle now
         if cfg.restart_optimizer:

@@ -17,7 +17,7 @@ through :func:`read_results` never sees files of two publications, and any other
 a mixed set: the JSON holds the hash of each file it belongs with.
 """
 
-__all__ = ["Publication", "check_writable", "file_hash", "read_results"]
+__all__ = ["Publication", "check_disk", "check_writable", "file_hash", "read_results", "size_text"]
 
 import contextlib
 import fcntl
@@ -68,6 +68,31 @@ def check_writable(folder: str | os.PathLike) -> Path:
             f"folder with --out"
         ) from None
     return folder
+
+
+def size_text(n: float) -> str:
+    r"""A size in bytes as people read it: `"41.8 kB"`, `"311 MB"`, `"1.24 GB"`."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{int(n)} B"
+
+
+def check_disk(folder: str | os.PathLike, need: int, what: str) -> None:
+    r"""Checks that the file system of `folder` (or of its nearest existing parent) has `need`
+    bytes free, so that a run that would fill the disk stops before any work rather than after
+    hours of it, with a cryptic error from the writer; raises a :class:`UserError` naming
+    `what` needs the space (e.g. `"the EM run's checkpoints"`), how much and how much there
+    is."""
+    existing = Path(folder)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if free < need:
+        raise UserError(
+            f"{what}: about {size_text(need)} of disk in {folder}, and {existing}'s file system "
+            f"has {size_text(free)} free; free some space or choose a folder on a larger disk"
+        )
 
 
 @contextlib.contextmanager

@@ -283,3 +283,28 @@ def test_compiled_m_step_gives_the_eager_losses():
     (eager, eager_p), (compiled, compiled_p) = results
     assert compiled == pytest.approx(eager, rel=1e-5)
     assert torch.allclose(compiled_p, eager_p, atol=1e-5)
+
+
+def test_a_run_whose_checkpoints_do_not_fit_stops_before_any_work(tmp_path, monkeypatch):
+    import shutil
+
+    obs, q0 = toy()
+    run_em(model(), obs, q0, CFG, SCHEDULE, directory=tmp_path / "full")
+    files = {f.name: f.stat().st_size for f in (tmp_path / "full").glob("*.pt")}
+    peak = sum(files.values()) + files["last.pt"]  # the new last.pt beside the old
+    usage = shutil.disk_usage(tmp_path)
+
+    def free(n):
+        monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=n))
+
+    free(peak - 1)
+    seen = []
+    with pytest.raises(
+        ValueError,
+        match=r"checkpoints \(last.pt of .* kB.*2 lap snapshot\(s\) of .* kB\): about .* of disk",
+    ):
+        run_em(model(), obs, q0, CFG, SCHEDULE, directory=tmp_path / "cut",
+               callback=lambda *a: seen.append(a))  # fmt: skip
+    assert not seen and not (tmp_path / "cut" / "last.pt").exists()
+    free(2 * peak)  # the estimate is no wild overstatement
+    run_em(model(), obs, q0, CFG, SCHEDULE, directory=tmp_path / "ok")
