@@ -27,7 +27,6 @@ status 2); the times and exit statuses go to `<out>/reproduce_smoke.{csv,json}`.
 
 import argparse
 import importlib
-import pickle
 import subprocess
 import sys
 import time
@@ -79,45 +78,30 @@ def smoke_items() -> list[str]:
 
 
 def _fake_cifar(root: Path) -> None:
-    # the real format: pickled dicts of uint8 rows; 10 test images for the IS's 10 splits
-    import numpy as np
+    # 10 test images: the IS's 10 splits
+    from emdm.data import write_fake_cifar
 
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        with open(folder / name, "wb") as f:
-            pickle.dump({b"data": rng.integers(0, 256, (10, 3072), dtype=np.uint8),
-                         b"labels": [0] * 10}, f)  # fmt: skip
+    write_fake_cifar(root, per_batch=10)
 
 
 def _fake_fastmri(root: Path) -> None:
     # one volume of 12 slices per split at the real 320 x 320: its slices 10 and 11 held out
-    from emdm.data.fastmri import write_fake_fastmri
+    from emdm.data import write_fake_fastmri
 
     for split in ("train", "val"):
         write_fake_fastmri(root / f"singlecoil_{split}", 1, slices=12, size=320)
 
 
 def _fake_adm(root: Path) -> None:
-    # DPS's FFHQ U-Net at full size with seeded random weights, AlexNet and LPIPS weights of
-    # random values and one random 256 x 256 image: the files table4's paper path reads
-    import numpy as np
-    import torch
-    import torchvision
-    from PIL import Image
+    # DPS's FFHQ U-Net at full size with seeded random weights, LPIPS's weight files of random
+    # values and one random 256 x 256 image: the files table4's paper path reads
+    from emdm.data import write_fake_images
+    from emdm.metrics.lpips import write_random_lpips
+    from emdm.nn.adm import write_random_adm
 
-    from emdm.metrics.lpips import CHANNELS
-    from emdm.nn.adm import FFHQ_256, ADMUNet
-
-    torch.manual_seed(0)
-    (root / "images").mkdir(parents=True)
-    torch.save(ADMUNet(FFHQ_256).state_dict(), root / "ffhq_10m.pt")
-    torch.save(torchvision.models.alexnet(weights=None).state_dict(), root / "alexnet.pth")
-    lin = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(CHANNELS)}
-    torch.save(lin, root / "alex.pth")
-    pixels = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(root / "images" / "00000.png")
+    write_fake_images(root / "images", 1, 256)  # makes root
+    write_random_adm(root / "ffhq_10m.pt")
+    write_random_lpips(root)
 
 
 #: fake data set -> its writer (into an empty folder) and the flags that point a script at it

@@ -4,7 +4,7 @@ the published architecture, the layout of its state dict, shapes, and loading er
 import pytest
 import torch
 
-from emdm.nn.adm import FFHQ_256, ADMConfig, ADMUNet, load_adm
+from emdm.nn.adm import FFHQ_256, ADMConfig, ADMUNet, load_adm, write_random_adm
 
 
 def conv(cin, cout, k):
@@ -83,9 +83,11 @@ def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"ffhq_10m\.pt"):
         load_adm(tmp_path / "ffhq_10m.pt")
     cfg = SMALL
-    state = ADMUNet(cfg).state_dict()
-    torch.save(state, tmp_path / "ok.pt")
+    write_random_adm(tmp_path / "ok.pt", cfg, seed=1)  # what a smoke run reads: loads, seeded
     assert isinstance(load_adm(tmp_path / "ok.pt", cfg), ADMUNet)
+    again = torch.load(write_random_adm(tmp_path / "again.pt", cfg, seed=1), weights_only=True)
+    state = torch.load(tmp_path / "ok.pt", weights_only=True)
+    assert all(torch.equal(state[k], again[k]) for k in state)
     state["out.2.weight"] = torch.zeros(6, 32, 1, 1)
     state["extra.weight"] = torch.zeros(1)
     del state["time_embed.0.bias"]

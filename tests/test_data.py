@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from emdm.data import RandomManifold, observe, random_projections
+from emdm.data import RandomManifold, observe, random_projections, write_fake_cifar
 from emdm.errors import UserError
 
 
@@ -92,20 +92,6 @@ def test_load_images(tmp_path):
         load_images(tmp_path / "empty", 8)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_images(tmp_path / "missing", 8)
-
-
-def write_fake_cifar(root, per_batch=4):
-    r"""A tiny `cifar-10-batches-py` in the real format (pickled dicts of uint8 rows)."""
-    import pickle
-
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
-        with open(folder / name, "wb") as f:
-            pickle.dump({b"data": data, b"labels": [0] * per_batch}, f)
-    return folder
 
 
 def test_cifar_loader_and_observations(tmp_path, monkeypatch):

@@ -120,6 +120,19 @@ def test_lpips_against_torchvision_alexnet(tmp_path, monkeypatch):
         LPIPS(tmp_path / "alexnet.pth", tmp_path / "bad.pth")
 
 
+def test_random_lpips_files_load_under_torchvisions_key_names(tmp_path):
+    from emdm.metrics import LPIPS
+    from emdm.metrics.lpips import write_random_lpips
+
+    alexnet, linear = write_random_lpips(tmp_path)
+    metric = LPIPS(alexnet, linear)
+    x = torch.rand((1, 3, 64, 64), generator=torch.Generator().manual_seed(0))
+    assert metric(x, x).abs().max() < 1e-6 and metric(x, 1 - x).min() > 0
+    torchvision = pytest.importorskip("torchvision")
+    names = {k for k in torchvision.models.alexnet().state_dict() if k.startswith("features.")}
+    assert set(torch.load(alexnet, weights_only=True)) == names
+
+
 def test_lpips_names_a_damaged_weights_file(tmp_path):
     from emdm.errors import UserError
     from emdm.metrics import LPIPS

@@ -4,16 +4,16 @@ ADM U-Net at 256x256) with every loop cut to a step or two, on fake data files i
 formats. What a paper run would hit first (a shape, dtype or memory error) fails here."""
 
 import json
-import math
 import resource
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_data import write_fake_cifar
 
-from emdm.data.fastmri import write_fake_fastmri
+from emdm.data import write_fake_cifar, write_fake_fastmri, write_fake_images
+from emdm.metrics.lpips import write_random_lpips
+from emdm.nn.adm import write_random_adm
 from reproduce import fig6, fig15, table1, table4
 
 pytestmark = pytest.mark.slow
@@ -92,23 +92,9 @@ def test_fig15_smoke(tmp_path):
 def test_table4_smoke(tmp_path):
     # the paper's protocol with DPS's FFHQ U-Net at full size, its weights seeded random values
     # (no download), one random 256 x 256 image and LPIPS weight files of random values
-    import torchvision
-    from PIL import Image
-
-    from emdm.metrics.lpips import CHANNELS
-    from emdm.nn.adm import FFHQ_256, ADMUNet
-
-    torch.manual_seed(0)
-    network = ADMUNet(FFHQ_256)
-    assert math.isclose(sum(p.numel() for p in network.parameters()) / 1e6, 93.6, abs_tol=0.1)
-    torch.save(network.state_dict(), tmp_path / "ffhq_10m.pt")
-    del network
-    torch.save(torchvision.models.alexnet(weights=None).state_dict(), tmp_path / "alexnet.pth")
-    lin = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(CHANNELS)}
-    torch.save(lin, tmp_path / "alex.pth")
-    (tmp_path / "images").mkdir()
-    pixels = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(tmp_path / "images" / "00000.png")
+    write_random_adm(tmp_path / "ffhq_10m.pt")
+    write_random_lpips(tmp_path)
+    write_fake_images(tmp_path / "images", 1, 256)
     argv = ["--smoke", "--checkpoint", str(tmp_path / "ffhq_10m.pt"), "--image-dir",
             str(tmp_path / "images"), "--lpips-alexnet", str(tmp_path / "alexnet.pth"),
             "--lpips-linear", str(tmp_path / "alex.pth"), "--quiet",

@@ -1,6 +1,6 @@
 r"""Data sets: those the project generates, and local image folders."""
 
-from .cifar import cifar_observations, load_cifar10
+from .cifar import cifar_observations, load_cifar10, write_fake_cifar
 from .fastmri import (
     line_mask,
     load_fastmri,
@@ -9,7 +9,7 @@ from .fastmri import (
     write_fake_fastmri,
     zero_filled,
 )
-from .images import load_images
+from .images import load_images, write_fake_images
 from .manifold import RandomManifold, observe, random_projections
 from .shapes import color_shapes
 
@@ -25,6 +25,8 @@ __all__ = [
     "observe",
     "phantoms",
     "random_projections",
+    "write_fake_cifar",
     "write_fake_fastmri",
+    "write_fake_images",
     "zero_filled",
 ]

@@ -7,7 +7,7 @@ The data are read from a local path (an argument, or the environment variable `E
 which `cifar-10-batches-py/` is looked for); nothing is downloaded.
 """
 
-__all__ = ["cifar_observations", "load_cifar10"]
+__all__ = ["cifar_observations", "load_cifar10", "write_fake_cifar"]
 
 import os
 import pickle
@@ -107,3 +107,21 @@ def cifar_observations(
     mask = (u > percent / 100).to(x.dtype)
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
     return mask, mask * x + sigma_y * noise
+
+
+def write_fake_cifar(root: str | os.PathLike, per_batch: int = 4, seed: int = 0) -> Path:
+    r"""Writes a fake `<root>/cifar-10-batches-py` in the real format (pickled dicts of
+    channel-major uint8 rows and labels) with `per_batch` random images in each of the five
+    training batches and the test batch, for tests and smoke runs without the real data set.
+
+    Returns:
+        The folder written.
+    """
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": data, b"labels": [0] * per_batch}, f)
+    return folder

@@ -3,7 +3,7 @@ local path into :math:`[-1, 1]` tensors :math:`(N, 3, H, W)`, as the benchmark's
 `ToTensor` and `Normalize(0.5, 0.5)` do. Nothing is downloaded.
 """
 
-__all__ = ["EXTENSIONS", "load_images"]
+__all__ = ["EXTENSIONS", "load_images", "write_fake_images"]
 
 import os
 from pathlib import Path
@@ -56,3 +56,23 @@ def load_images(folder: str | os.PathLike, size: int, limit: int | None = None) 
             )
         images.append(torch.from_numpy(array).permute(2, 0, 1))
     return torch.stack(images) * 2 - 1
+
+
+def write_fake_images(
+    folder: str | os.PathLike, count: int = 1, size: int = 256, seed: int = 0
+) -> list[Path]:
+    r"""Writes `count` random RGB images of `size` x `size` pixels as `00000.png`, ... into
+    `folder` (created), for tests and smoke runs without a real image folder.
+
+    Returns:
+        The paths written.
+    """
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = [folder / f"{i:05d}.png" for i in range(count)]
+    for path in paths:
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+    return paths

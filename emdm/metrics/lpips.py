@@ -20,7 +20,7 @@ References:
     | (Zhang et al., 2018) https://arxiv.org/abs/1801.03924
 """
 
-__all__ = ["LPIPS"]
+__all__ = ["LPIPS", "write_random_lpips"]
 
 import os
 from pathlib import Path
@@ -132,3 +132,26 @@ class LPIPS(nn.Module):
             w = getattr(self, f"w{i}").to(a.dtype)[None, :, None, None]
             total = total + (w * (a - b).square()).sum(1).mean(dim=(1, 2))
         return total
+
+
+def write_random_lpips(folder: str | os.PathLike, seed: int = 0) -> tuple[Path, Path]:
+    r"""Writes LPIPS's two weight files with seeded random values into `folder` (created):
+    `alexnet.pth`, AlexNet's convolutional features under torchvision's key names (the
+    classifier, which LPIPS does not read, left out), and `alex.pth`, the five linear layers
+    under LPIPS v0.1's: the files a smoke run reads where the real ones are absent.
+
+    Returns:
+        The paths of `alexnet.pth` and `alex.pth`, as :class:`LPIPS` takes them.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    alexnet, linear = folder / "alexnet.pth", folder / "alex.pth"
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        features = {f"features.{k}": v for k, v in _features().state_dict().items()}
+    torch.save(features, alexnet)
+    lin = {f"lin{i}.model.1.weight": torch.rand((1, c, 1, 1), generator=generator)
+           for i, c in enumerate(CHANNELS)}  # fmt: skip
+    torch.save(lin, linear)
+    return alexnet, linear

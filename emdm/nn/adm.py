@@ -13,7 +13,7 @@ References:
     | https://arxiv.org/abs/2105.05233
 """
 
-__all__ = ["FFHQ_256", "ADMConfig", "ADMUNet", "load_adm"]
+__all__ = ["FFHQ_256", "ADMConfig", "ADMUNet", "load_adm", "write_random_adm"]
 
 import dataclasses
 import math
@@ -241,3 +241,18 @@ def load_adm(path: str | os.PathLike, cfg: ADMConfig = FFHQ_256) -> ADMUNet:
         )
     model.load_state_dict(state)
     return model
+
+
+def write_random_adm(path: str | os.PathLike, cfg: ADMConfig = FFHQ_256, seed: int = 0) -> Path:
+    r"""Writes the U-Net of `cfg` with seeded random weights (PyTorch's initialization) as a
+    state dict in the format of DPS's `ffhq_10m.pt`, which :func:`load_adm` reads: the file a
+    paper-shape smoke run loads where the real checkpoint is absent (374 MB for `FFHQ_256`).
+
+    Returns:
+        `path`.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        state = ADMUNet(cfg).state_dict()
+    torch.save(state, path)
+    return Path(path)
