@@ -121,6 +121,18 @@ class GaussianStart(Checked):
                 f"rank must be at most D <= {EXACT_MAX_FEATURES} with fit='exact', got {self.rank}"
             )
 
+    def check_fit(self, observations: int) -> None:
+        r"""Raises a `ValueError` unless the sampled fit on the first `min(self.observations,
+        observations)` of a run's `observations` has more samples than its rank (see
+        :func:`ppca`); a config calls it where it knows its number of observations."""
+        n = min(self.observations, observations)
+        if self.fit == "sampled" and n <= self.rank:
+            raise ValueError(
+                f"the Gaussian fit of q_0 of rank {self.rank} needs more than {self.rank} "
+                f"observations (N samples span N - 1 directions), got {n}: observe more or "
+                f"lower start.rank"
+            )
+
 
 def _ppca_covariance(L: Tensor, Q: Tensor, total: Tensor, D: int) -> DPLR:
     r"""PPCA's :math:`\sigma^2 I + U U^T` from the top eigenpairs :math:`(L, Q)`, in
@@ -132,12 +144,24 @@ def _ppca_covariance(L: Tensor, Q: Tensor, total: Tensor, D: int) -> DPLR:
     return DPLR(torch.full((D,), float(iso), dtype=Q.dtype, device=Q.device), U)
 
 
+def _check_samples(N: int, rank: int) -> None:
+    if N <= rank:
+        raise ValueError(
+            f"a PPCA fit of rank {rank} needs more than {rank} samples (N samples span N - 1 "
+            f"directions; the others would get the floor variance 1e-6), got {N}: use more "
+            f"observations or a lower rank"
+        )
+
+
 def ppca(X: Tensor, rank: int) -> tuple[Tensor, DPLR]:
     r"""Fits :math:`\mathcal{N}(\mu, \sigma^2 I + U U^T)` to samples by PPCA.
 
     Arguments:
         X: The samples, with shape :math:`(N, *)`, flattened to :math:`(N, D)`.
-        rank: The rank :math:`r` of :math:`U`, between 1 and :math:`D`.
+        rank: The rank :math:`r` of :math:`U`, between 1 and :math:`D`, below the number of
+            samples :math:`N`: :math:`N` samples span at most :math:`N - 1` directions about
+            their mean, so a fit of rank :math:`r \geq N` would put the floor variance
+            :math:`10^{-6}` on all the others and on :math:`r - N + 1` of its own.
 
     Returns:
         The mean :math:`\mu`, with shape :math:`(D,)`, and :math:`\Sigma` as a DPLR. At
@@ -147,8 +171,7 @@ def ppca(X: Tensor, rank: int) -> tuple[Tensor, DPLR]:
     N, D = X.shape
     if not 1 <= rank <= D:
         raise ValueError(f"rank must be between 1 and D = {D}, got {rank}")
-    if N < 2:
-        raise ValueError(f"PPCA needs at least 2 samples, got {N}")
+    _check_samples(N, rank)
     mu = X.mean(dim=0)
     Xc = X - mu
     gram = N < D
@@ -190,7 +213,7 @@ def fit_gaussian(
         obs: The observations :math:`(A, y, \Sigma_y)`, e.g. `Observation(DenseOperator(A), y,
             cov_y)` with per-observation matrices :math:`A` of shape :math:`(N, M, D)`. The fit
             runs on the device of `obs`.
-        rank: The PPCA rank.
+        rank: The PPCA rank, below the number of observations.
         shape: The event shape of :math:`x`, e.g. :math:`(D,)` or :math:`(C, H, W)`.
         iterations: The number of EM iterations (16 in the paper).
         schedule: The noise schedule of the E-step's sampler. Defaults to :class:`VESchedule`.
@@ -208,6 +231,7 @@ def fit_gaussian(
     _check_observation(obs)
     shape = tuple(shape)
     _check_event(obs, shape)
+    _check_samples(len(obs), rank)  # before any work: each iteration ends with a PPCA fit
     schedule = VESchedule() if schedule is None else schedule
     cfg = EMConfig(
         sampler=sampler, steps=steps, cg_iterations=cg_iterations, sample_batch=batch_size
@@ -457,6 +481,7 @@ def gaussian_start(
         samples :math:`(N, *)` on the device of `obs`.
     """
     _check_observation(obs)
+    start.check_fit(len(obs))  # before any work
     if start.fit == "exact":
         shape = tuple(shape)
         _check_exact(obs, shape)  # before any work

@@ -109,6 +109,8 @@ class MRIConfig(ResumableRun):
         if self.data == "phantoms" and self.observations < 1:
             raise ValueError("observations must be >= 1 with data 'phantoms' (0: every slice of "
                              "a data set on disk)")  # fmt: skip
+        if self.observations > 0:  # 0: known when the data set is read
+            self.start.check_fit(self.observations * self.duplicate)
 
 
 def quick_config(
@@ -134,14 +136,16 @@ def quick_config(
 def smoke_config(cls: type[C], *, slices: int = 1, **fields: Any) -> C:
     r"""`cls` at smoke scale: the paper's shapes, network and operators (fastMRI slices of
     320x320, the MRI U-Net behind the 4x4 pixel unshuffle, column-line masks of R = 6, each
-    observation listed twice, MMPS with DDPM and CG 3, q_0 of rank 64), each loop cut: `slices`
-    train slices (a batch of 2 `slices` on 2 CPU cores), 1 lap of 1 Adam step, the E-step's
-    sampler 1 step (~22 s per U-Net VJP on a batch of 2 on 2 loaded CPU cores), a Gaussian fit of
-    1 iteration of 2 steps; `fields` sets the others (its evaluation, `name`)."""
+    observation listed twice, MMPS with DDPM and CG 3), each loop cut: `slices` train slices (a
+    batch of 2 `slices` on 2 CPU cores), 1 lap of 1 Adam step, the E-step's sampler 1 step (~22 s
+    per U-Net VJP on a batch of 2 on 2 loaded CPU cores), a Gaussian fit of 1 iteration of 2
+    steps and of rank 2 `slices` - 1, not 64 (its 2 `slices` samples span that many directions);
+    `fields` sets the others (its evaluation, `name`)."""
     paper = cls()
     em = dataclasses.replace(paper.em, iterations=1, train_steps=1, batch_size=2 * slices,
                              steps=1)  # fmt: skip
-    start = dataclasses.replace(paper.start, iterations=1, observations=2 * slices, steps=2)
+    start = dataclasses.replace(paper.start, rank=2 * slices - 1, iterations=1,
+                                observations=2 * slices, steps=2)  # fmt: skip
     return cls(observations=slices, em=em, start=start, scale="smoke", **fields)
 
 

@@ -91,6 +91,7 @@ class Fig3Config(ResumableRun):
         super().__post_init__()
         if self.net.features != 5:
             raise ValueError(f"net.features must be 5, the manifold's R⁵, got {self.net.features}")
+        self.start.check_fit(self.observations)
         if len(set(self.covariances)) < len(self.covariances):
             raise ValueError(
                 f"compare must be covariances other than em.covariance and each other, "

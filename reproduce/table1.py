@@ -109,6 +109,10 @@ class Table1Config(ResumableRun):
     inception_weights: str = option("", "the Inception weights file; empty: $EMDM_INCEPTION")
     seed: int = option(0, "seed of the data, masks and runs", check=NONNEGATIVE)
 
+    def __post_init__(self):
+        super().__post_init__()
+        self.start.check_fit(self.observations)
+
 
 PAPER = Table1Config(
     name="table1",
@@ -132,16 +136,17 @@ QUICK = Table1Config(
     scale="quick", name="table1_quick",
 )  # fmt: skip
 # The paper's shapes, network, operator, samplers and solvers (CIFAR 32x32, the 57.6 M U-Net,
-# masks at 75 %, DDPM 256-step schedule with CG 1, q_0 of rank 64), each loop cut: one
-# percent, both heuristics, 1 lap of 1 Adam step on a batch of 4, E-step and evaluation
-# samplers 2 steps, a Gaussian fit of 1 iteration of 2 steps, 10 evaluation samples (the
-# Inception Score's 10 splits) and a posterior check of 1 observation; 4 images observed (a
-# batch of 4 on 2 CPU cores). The tiny feature extractor: no Inception weights file needed.
+# masks at 75 %, DDPM 256-step schedule with CG 1), each loop cut: one percent, both
+# heuristics, 1 lap of 1 Adam step on a batch of 4, E-step and evaluation samplers 2 steps, a
+# Gaussian fit of 1 iteration of 2 steps and of rank 3, not 64 (its 4 samples span 3
+# directions), 10 evaluation samples (the Inception Score's 10 splits) and a posterior check
+# of 1 observation; 4 images observed (a batch of 4 on 2 CPU cores). The tiny feature
+# extractor: no Inception weights file needed.
 SMOKE = dataclasses.replace(
     PAPER, observations=4, percents=(75.0,), reference=10, eval_samples=10, eval_steps=2,
     em=dataclasses.replace(PAPER.em, iterations=1, train_steps=1, batch_size=4, steps=2,
                            sample_batch=4),
-    start=dataclasses.replace(PAPER.start, iterations=1, observations=4, steps=2),
+    start=dataclasses.replace(PAPER.start, rank=3, iterations=1, observations=4, steps=2),
     posterior_check=1, feature_extractor=TINY, scale="smoke", name="table1_smoke",
 )  # fmt: skip
 

@@ -62,6 +62,8 @@ def test_ppca_full_rank_and_bad_rank():
     torch.testing.assert_close(cov.dense(), torch.cov(x.T, correction=0), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="rank must be between 1 and D = 3"):
         ppca(x, 4)
+    with pytest.raises(ValueError, match=r"rank 3 needs more than 3 samples.*got 3"):
+        ppca(x[:3], 3)  # 3 samples span 2 directions: the third would get 1e-6
 
 
 def test_fit_gaussian_from_random_projections():
@@ -107,6 +109,10 @@ def test_fit_gaussian_from_masked_images():
     assert torch.linalg.matrix_norm(fitted - true_cov) / torch.linalg.matrix_norm(true_cov) < 0.1
     with pytest.raises(ValueError, match=r"event shape \(2, 3, 3\), got shape=\(18,\)"):
         fit_gaussian(obs, 2, shape=(18,))
+    state = g.get_state()
+    with pytest.raises(ValueError, match=r"rank 2 needs more than 2 samples.*got 2"):
+        fit_gaussian(obs[:2], 2, shape=shape, generator=g)
+    assert torch.equal(g.get_state(), state)  # refused before any sampling
 
 
 # -- the exact path ------------------------------------------------------------------------------
@@ -280,6 +286,21 @@ def test_the_exact_path_refuses_what_it_cannot_do():
         GaussianStart(fit="closed")
     with pytest.raises(ValueError, match="rank must be at most D <= 256 with fit='exact'"):
         GaussianStart(rank=300, fit="exact")
+
+
+def test_a_sampled_fit_of_a_rank_its_observations_cannot_span_is_refused():
+    from reproduce.table1 import SMOKE
+
+    start = GaussianStart(rank=4, observations=8)
+    start.check_fit(5)
+    for n in (4, 3):  # the fit uses min(observations, the run's): 4 and 3 samples
+        with pytest.raises(ValueError, match=f"rank 4 needs more than 4 observations.*got {n}"):
+            start.check_fit(n)
+    with pytest.raises(ValueError, match=r"rank 4 needs more than 4 observations.*got 4"):
+        GaussianStart(rank=4, observations=4).check_fit(100)
+    GaussianStart(rank=4, observations=2, fit="exact").check_fit(2)  # exact moments: no limit
+    with pytest.raises(ValueError, match=r"rank 64 needs more than 64 observations.*got 4"):
+        dataclasses.replace(SMOKE, start=dataclasses.replace(SMOKE.start, rank=64))
 
 
 def test_gaussian_start_dispatches_on_fit():

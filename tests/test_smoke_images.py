@@ -17,9 +17,8 @@ from emdm.nn.adm import write_random_adm
 from reproduce import fig6, fig15, table1, table4
 
 pytestmark = pytest.mark.slow
-# Figures 6 and 15 and Table 4 run in 25-45 s each on 2 idle CPU cores, in `make test`; Table 1's
-# takes minutes (its FID references' 3072 x 3072 square roots): `heavy`, deselected by default,
-# run with `pytest -m heavy` (bench/gpu_all.sh runs every preset on CUDA)
+# Figures 6 and 15 and Table 4 run in 25-45 s each on 2 idle CPU cores, Table 1 in 100 s; all in
+# `make test` (bench/gpu_all.sh runs every preset on CUDA)
 
 
 def _published(out, name: str) -> pd.DataFrame:
@@ -46,7 +45,6 @@ def test_smoke_help_and_dry_run(script, capsys):
         script.main(["--smoke", "--quick", "--dry-run"])
 
 
-@pytest.mark.heavy
 def test_table1_smoke(tmp_path):
     write_fake_cifar(tmp_path / "data", per_batch=10)  # 10 test images: the IS's 10 splits
     argv = ["--smoke", "--data-dir", str(tmp_path / "data"), "--quiet", "--out", str(tmp_path)]
