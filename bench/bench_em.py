@@ -17,7 +17,7 @@ Inputs are seeded; every timed call goes through `emdm`. As in `bench/bench_mmps
 import torch
 
 import emdm
-from emdm.data import RandomManifold, observe, random_projections
+from emdm.data import manifold_problem
 from emdm.em import EMConfig, m_step, optimizer_for, run_em
 from emdm.observation import Observation
 from emdm.prior import MLPConfig
@@ -31,11 +31,8 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 def manifold_observations(n: int) -> tuple[Observation, torch.Tensor]:
     r"""Figure 3's data at `n` observations (2-D projections of a curve in R⁵, σ_y = 0.01), and
     standard normal stand-ins for :math:`q_0`'s samples."""
-    g = torch.Generator().manual_seed(0)
-    x = RandomManifold(5, generator=torch.Generator().manual_seed(0)).sample(n, generator=g)
-    A = random_projections(n, 5, 2, g, dtype=torch.float32)
-    y = observe(x.float(), A, 0.01, g)
-    return Observation(emdm.DenseOperator(A), y, 0.01**2), torch.randn((n, 5), generator=g)
+    q0 = torch.randn((n, 5), generator=torch.Generator().manual_seed(1))
+    return manifold_problem(n, 0.01, seed=0).obs, q0
 
 
 class MStep(Bounded):

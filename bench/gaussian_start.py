@@ -30,7 +30,7 @@ import time
 import torch
 
 from bench.common import conditions, set_threads, synchronizer, write_timed_results
-from emdm import DenseOperator, VESchedule
+from emdm import VESchedule
 from emdm.config import (
     DEVICE,
     NONNEGATIVE,
@@ -43,7 +43,7 @@ from emdm.config import (
     option,
     parse_config,
 )
-from emdm.data import RandomManifold, observe, random_projections
+from emdm.data import manifold_problem
 from emdm.em import EMConfig
 from emdm.gaussian import (
     GaussianStart,
@@ -53,7 +53,6 @@ from emdm.gaussian import (
     ppca,
 )
 from emdm.metrics import ot_score
-from emdm.observation import Observation
 from emdm.progress import say
 
 FITS = ("sampled", "exact")
@@ -102,13 +101,8 @@ def data(cfg: GaussianStartBenchConfig) -> tuple:
     r"""Figure 3's data (`reproduce/fig3.py`'s `_data`): the curve, the hidden :math:`x`
     :math:`(N, 5)`, the observations (operators :math:`(N, 2, 5)`, :math:`y` :math:`(N, 2)`) and
     2 x `ot_samples` truth points, on the CPU."""
-    g = torch.Generator().manual_seed(cfg.seed)
-    manifold = RandomManifold(5, generator=torch.Generator().manual_seed(0))
-    x = manifold.sample(cfg.observations, generator=g).float()
-    A = random_projections(cfg.observations, 5, 2, g, dtype=torch.float32)
-    y = observe(x, A, cfg.sigma_y, g)
-    truth = manifold.sample(2 * cfg.ot_samples, generator=g).float()
-    return manifold, x, Observation(DenseOperator(A), y, cfg.sigma_y**2), truth
+    p = manifold_problem(cfg.observations, cfg.sigma_y, cfg.seed, truth=2 * cfg.ot_samples)
+    return p.manifold, p.x, p.obs, p.truth
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -107,7 +107,8 @@ from emdm.config import (
     config_parser,
     option,
 )
-from emdm.data import RandomManifold, cifar_observations, color_shapes, observe, random_projections
+from emdm.data import cifar_observations, color_shapes
+from emdm.data import manifold_problem as manifold_data
 from emdm.em import EMConfig
 from emdm.errors import cli
 from emdm.observation import Observation
@@ -202,16 +203,11 @@ class Problem:
 
 def manifold_problem(n: int, device: torch.device, seed: int) -> Problem:
     r"""Figure 3's quick problem with `n` observations (drawn on the CPU, as the figure does)."""
-    g = torch.Generator().manual_seed(seed)
-    curve = RandomManifold(5, generator=torch.Generator().manual_seed(0))
-    x = curve.sample(n, generator=g).float()  # (n, 5)
-    A = random_projections(n, 5, 2, g, dtype=torch.float32)  # (n, 2, 5)
-    y = observe(x, A, FIG3.sigma_y, g)  # (n, 2)
-    obs = Observation(emdm.DenseOperator(A), y, FIG3.sigma_y**2)
+    data = manifold_data(n, FIG3.sigma_y, seed)
     torch.manual_seed(seed)  # the network's initialization
     denoiser = FIG3.net.build()
     em = dataclasses.replace(FIG3.em, covariance="tweedie")
-    return _problem(denoiser, "manifold", obs, x, em, device, seed)
+    return _problem(denoiser, "manifold", data.obs, data.x, em, device, seed)
 
 
 def image_problem(n: int, device: torch.device, seed: int) -> Problem:

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from emdm import DenseOperator, VESchedule
+from emdm import VESchedule
 from emdm.config import (
     NONNEGATIVE,
     POSITIVE,
@@ -45,13 +45,12 @@ from emdm.config import (
     option,
     run_identity,
 )
-from emdm.data import RandomManifold, observe, random_projections
+from emdm.data import manifold_problem
 from emdm.em import EMConfig
 from emdm.errors import cli
 from emdm.experiment import ResumableRun, learn_prior_in, parse_run
 from emdm.guidance import COVARIANCES
 from emdm.metrics import ot_score
-from emdm.observation import Observation
 from emdm.plots import figure, pairs
 from emdm.prior import GaussianStart, MLPConfig
 from emdm.progress import say
@@ -143,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     device, out = check_device(cfg.device), check_writable(cfg.out)
     # every check (lock, a finished or other run, the code version, damaged files) before work
     with RunFolder(out / f"{cfg.name}_run", run_identity(cfg), resume=cfg.resume) as run:
-        manifold, obs, truth = _data(cfg)
+        data = manifold_problem(cfg.observations, cfg.sigma_y, cfg.seed, truth=2 * cfg.ot_samples)
+        manifold, obs, truth = data.manifold, data.obs, data.truth
         for covariance in cfg.covariances if not run.finished else ():
             torch.manual_seed(cfg.seed)  # the same network for every E-step
             denoiser, schedule = cfg.net.build().to(device), VESchedule(1e-3, cfg.sigma_max)
@@ -183,18 +183,6 @@ def _logger(cfg: Fig3Config, run: RunFolder, manifold, truth, covariance: str) -
                 + ", ".join(f"{m} {v:.4g}" for m, v in values.items()))  # fmt: skip
 
     return callback
-
-
-def _data(cfg: Fig3Config) -> tuple:
-    r"""The curve, the observations (operators (N, 2, 5), y (N, 2)) and 2 x ot_samples truth
-    points, drawn on the CPU, so that they do not depend on the device."""
-    g = torch.Generator().manual_seed(cfg.seed)
-    manifold = RandomManifold(5, generator=torch.Generator().manual_seed(0))
-    x = manifold.sample(cfg.observations, generator=g).float()
-    A = random_projections(cfg.observations, 5, 2, g, dtype=torch.float32)
-    y = observe(x, A, cfg.sigma_y, g)
-    truth = manifold.sample(2 * cfg.ot_samples, generator=g).float()
-    return manifold, Observation(DenseOperator(A), y, cfg.sigma_y**2), truth
 
 
 def _save_npy(path: Path, samples: torch.Tensor) -> None:

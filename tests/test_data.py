@@ -170,3 +170,19 @@ def test_color_shapes_are_seeded_images_in_the_cifar_range():
     assert x.std(dim=0).mean() > 0.3
     with pytest.raises(ValueError, match="size"):
         color_shapes(4, 2)
+
+
+def test_manifold_problem_is_figure_3s_data_drawn_in_one_order():
+    from emdm.data import manifold_problem
+
+    p = manifold_problem(64, sigma_y=0.05, seed=3, truth=10)
+    assert p.x.shape == (64, 5) and p.truth.shape == (10, 5) and p.obs.y.shape == (64, 2)
+    A = p.obs.A.matrix
+    assert A.shape == (64, 2, 5) and A.dtype == torch.float32
+    torch.testing.assert_close(A.norm(dim=-1), torch.ones(64, 2))
+    noise = p.obs.y - (A @ p.x[..., None])[..., 0]
+    assert 0.03 < noise.std() < 0.07  # y = A x + 0.05 ε
+    again = manifold_problem(64, sigma_y=0.05, seed=3)  # the truth points are drawn last
+    assert torch.equal(again.obs.y, p.obs.y) and len(again.truth) == 0
+    assert not torch.equal(manifold_problem(64, 0.05, seed=4).x, p.x)
+    assert max(p.x.abs().max(), p.truth.abs().max()) <= 2.5  # the curve scaled to [-2, 2]

@@ -10,10 +10,17 @@ from .fastmri import (
     zero_filled,
 )
 from .images import load_images, write_fake_images
-from .manifold import RandomManifold, observe, random_projections
+from .manifold import (
+    ManifoldProblem,
+    RandomManifold,
+    manifold_problem,
+    observe,
+    random_projections,
+)
 from .shapes import color_shapes
 
 __all__ = [
+    "ManifoldProblem",
     "RandomManifold",
     "cifar_observations",
     "color_shapes",
@@ -21,6 +28,7 @@ __all__ = [
     "load_cifar10",
     "load_fastmri",
     "load_images",
+    "manifold_problem",
     "mri_observations",
     "observe",
     "phantoms",

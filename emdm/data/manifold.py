@@ -23,12 +23,22 @@ References:
     | https://doi.org/10.1162/neco_a_01367
 """
 
-__all__ = ["RandomManifold", "observe", "random_projections"]
+__all__ = [
+    "ManifoldProblem",
+    "RandomManifold",
+    "manifold_problem",
+    "observe",
+    "random_projections",
+]
 
+import dataclasses
 import math
 
 import torch
 from torch import Tensor
+
+from ..observation import Observation
+from ..operators.dense import DenseOperator
 
 
 class RandomManifold:
@@ -113,3 +123,31 @@ def observe(
         )
     y = (A @ x[..., None])[..., 0]
     return y + sigma_y * torch.randn(y.shape, generator=generator, dtype=y.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifoldProblem:
+    r"""Figure 3's problem: the curve, the hidden points :math:`x` :math:`(N, 5)`, their
+    observations (operators :math:`(N, 2, 5)`, :math:`y` :math:`(N, 2)`) and `truth`, fresh
+    points of the curve to score samples against."""
+
+    manifold: RandomManifold
+    x: Tensor
+    obs: Observation
+    truth: Tensor
+
+
+def manifold_problem(
+    observations: int, sigma_y: float = 0.01, seed: int = 0, truth: int = 0
+) -> ManifoldProblem:
+    r"""Figure 3's data (protocols §2): `observations` points of the random curve in
+    :math:`\mathbb{R}^5` of seed 0, each seen through its own 2-D random projection with noise
+    `sigma_y`, and `truth` fresh points, all in float32 and drawn on the CPU in that order from
+    one generator of `seed`, so that they do not depend on the device."""
+    g = torch.Generator().manual_seed(seed)
+    manifold = RandomManifold(5, generator=torch.Generator().manual_seed(0))
+    x = manifold.sample(observations, generator=g).float()
+    A = random_projections(observations, 5, 2, g, dtype=torch.float32)
+    y = observe(x, A, sigma_y, g)
+    points = manifold.sample(truth, generator=g).float()
+    return ManifoldProblem(manifold, x, Observation(DenseOperator(A), y, sigma_y**2), points)
