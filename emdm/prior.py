@@ -36,7 +36,14 @@ from .config import NONNEGATIVE, POSITIVE, Checked, interval, option
 from .denoisers import EDMDenoiser, GaussianDenoiser
 from .distributed import Context, local
 from .dplr import DPLR
-from .em import EMConfig, _check_observation, _load_checkpoint, _write_checkpoint, run_em
+from .em import (
+    EMConfig,
+    _check_observation,
+    _load_checkpoint,
+    _write_checkpoint,
+    check_run_disk,
+    run_em,
+)
 from .errors import UserError
 from .gaussian import GaussianStart, gaussian_start
 from .nn import PixelShuffleNet, TimeMLP, UNet
@@ -208,6 +215,9 @@ def learn_prior(
                 f"{directory} holds a run already: pass resume=True (--resume) to continue it "
                 f"or choose another directory"
             )
+        if ctx.main:  # lap 0 and every lap's checkpoints, before the Gaussian fit's hours
+            like = torch.empty((len(obs), *shape), dtype=obs.dtype, device="meta")
+            check_run_disk(directory, denoiser, like, cfg.ema > 0, cfg.iterations, rank=start.rank)
         g = torch.Generator(device).manual_seed(cfg.seed)
         mean, cov, samples = gaussian_start(
             obs, shape, start, cfg, schedule, generator=g, ctx=ctx, progress=progress

@@ -72,3 +72,21 @@ def test_gpu_check_refuses_without_cuda(capsys):
         pytest.skip("a CUDA device is present")
     assert gpu_check.main(["--out", "/nonexistent"]) == 2
     assert "needs a CUDA device" in capsys.readouterr().err
+
+
+def test_disk_model_of_the_paper_runs(tmp_path):
+    import pandas as pd
+
+    from bench import disk
+
+    assert disk.main(["--out", str(tmp_path), "--mri-slices", "1000"]) == 0
+    frame = pd.read_csv(tmp_path / "disk.csv").set_index(["item", "metric"]).value
+    assert frame["table1", "runs"] == 5 and frame["table1", "laps"] == 32
+    assert frame["fig6", "observations"] == 2000  # each slice listed twice
+    # the CIFAR U-Net's 57.6 M weights: 230 MB a snapshot, ~4x that and the samples in last.pt
+    assert 230e6 < frame["table1", "bytes_prior_<k>.pt"] < 232e6
+    samples = 49920 * 3 * 32 * 32 * 4
+    assert 4 * 230e6 + samples < frame["table1", "bytes_last.pt"] < 4 * 232e6 + samples + 1e6
+    peak = frame["table1", "bytes_q0.pt"] + 2 * frame["table1", "bytes_last.pt"]
+    peak += 32 * frame["table1", "bytes_prior_<k>.pt"]
+    assert frame["table1", "bytes_run_peak"] == peak

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from emdm import DenseOperator, EDMDenoiser, VESchedule
-from emdm.em import EMConfig, run_em
+from emdm.em import EMConfig, checkpoint_bytes, run_em
 from emdm.nn import TimeMLP
 from emdm.observation import Observation
 
@@ -306,5 +306,8 @@ def test_a_run_whose_checkpoints_do_not_fit_stops_before_any_work(tmp_path, monk
         run_em(model(), obs, q0, CFG, SCHEDULE, directory=tmp_path / "cut",
                callback=lambda *a: seen.append(a))  # fmt: skip
     assert not seen and not (tmp_path / "cut" / "last.pt").exists()
+    sizes = checkpoint_bytes(model(), q0, CFG.ema > 0)
+    for name, size in (("last.pt", sizes["last.pt"]), ("prior_1.pt", sizes["prior_<k>.pt"])):
+        assert files[name] <= size <= files[name] + 32_000  # 1 kB for each of 8-38 tensors
     free(2 * peak)  # the estimate is no wild overstatement
     run_em(model(), obs, q0, CFG, SCHEDULE, directory=tmp_path / "ok")

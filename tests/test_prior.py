@@ -132,3 +132,21 @@ def test_learn_prior_of_vectors_with_q0s_covariance_and_load_prior(tmp_path):
     lap1, _ = load_prior(tmp_path, lap=1)
     with torch.no_grad():
         assert not torch.equal(lap1(x_t, sigma), prior(x_t, sigma))
+
+
+def test_learn_prior_checks_the_disk_before_the_gaussian_fit(tmp_path, monkeypatch):
+    import shutil
+
+    import emdm.prior
+
+    def fit(*args, **kwargs):
+        raise AssertionError("the Gaussian fit ran")
+
+    monkeypatch.setattr(emdm.prior, "gaussian_start", fit)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=100_000))
+    obs = problem()
+    match = r"checkpoints \(q0\.pt of .*, last\.pt of .*, 2 lap snapshot\(s\) of .*has 100 kB free"
+    with pytest.raises(UserError, match=match):
+        learn_prior(model(), obs, (3, 8, 8), CFG, SCHEDULE, START, directory=tmp_path / "run")
+    assert not (tmp_path / "run" / "q0.pt").exists()

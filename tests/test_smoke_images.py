@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from emdm.data import write_fake_cifar, write_fake_fastmri, write_fake_images
+from emdm.em import checkpoint_bytes
 from emdm.metrics.lpips import write_random_lpips
 from emdm.nn.adm import write_random_adm
 from reproduce import fig6, fig15, table1, table4
@@ -76,6 +77,12 @@ def test_fig6_smoke(tmp_path):
     assert set(frame.method) == {"posterior_mean", "zero_filled"}
     assert set(frame.metric) == {"psnr", "ssim"} and np.isfinite(frame["std"]).all()
     assert (tmp_path / "fig6_smoke.png").exists()
+    # the disk check's sizes, from a model and samples on the meta device, against the files
+    with torch.device("meta"):
+        sizes = checkpoint_bytes(fig6.SMOKE.net.build(), torch.empty(2, 1, 320, 320), True, 1)
+    for name, key in (("last.pt", "last.pt"), ("prior_1.pt", "prior_<k>.pt"), ("q0.pt", "q0.pt")):
+        size, written = sizes[key], (tmp_path / "fig6_smoke_run" / name).stat().st_size
+        assert written <= size <= 1.001 * written + 8192, (name, written, size)
 
 
 def test_fig15_smoke(tmp_path):
