@@ -49,14 +49,19 @@ def file_hash(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _nearest_existing(folder: Path) -> Path:
+    r"""`folder`, or the nearest of its parents that exists."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
 def check_writable(folder: str | os.PathLike) -> Path:
     r"""Checks that files can be written in `folder` (or, if it does not exist yet, that it can
     be made in its nearest existing parent), without creating it, so that a run stops before
     any work rather than after it; raises a :class:`UserError` saying why not."""
     folder = Path(folder)
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = _nearest_existing(folder)
     try:
         if not existing.is_dir():
             raise NotADirectoryError(20, "not a folder", str(existing))
@@ -84,9 +89,7 @@ def check_disk(folder: str | os.PathLike, need: int, what: str) -> None:
     hours of it, with a cryptic error from the writer; raises a :class:`UserError` naming
     `what` needs the space (e.g. `"the EM run's checkpoints"`), how much and how much there
     is."""
-    existing = Path(folder)
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = _nearest_existing(Path(folder))
     free = shutil.disk_usage(existing).free
     if free < need:
         raise UserError(
