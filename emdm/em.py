@@ -383,12 +383,35 @@ def check_run_disk(
     laps: int,
     snapshots: bool = True,
     rank: int = 0,
+    ctx: Context | None = None,
 ) -> None:
     r"""Refuses, before any work, a run whose checkpoints (:func:`checkpoint_bytes`) would not
     fit on `directory`'s disk: `last.pt`, written beside the old one before it replaces it,
     `laps` snapshots if `snapshots`, and `q0.pt` if `rank`; raises a :class:`UserError` naming
-    the files, their sizes, the space needed and the space free."""
-    sizes, directory = checkpoint_bytes(denoiser, samples, ema, rank), Path(directory)
+    the files, their sizes, the space needed and the space free. In a multi-process run every
+    rank calls it: rank 0, which writes the checkpoints, checks its disk, and every rank stops
+    if it refuses (none waits for the others at a collective)."""
+    ctx = local() if ctx is None else ctx
+    error = None
+    if ctx.main:
+        try:
+            _check_run_disk(Path(directory), denoiser, samples, ema, laps, snapshots, rank)
+        except UserError as refused:
+            error = refused
+    if ctx.sum(error is not None):
+        raise error or UserError(f"rank 0 refused the run in {directory}: see its message")
+
+
+def _check_run_disk(
+    directory: Path,
+    denoiser: nn.Module,
+    samples: Tensor,
+    ema: bool,
+    laps: int,
+    snapshots: bool,
+    rank: int,
+) -> None:
+    sizes = checkpoint_bytes(denoiser, samples, ema, rank)
     # beside the last.pt on disk (or the first one written), one more while it is replaced
     need = sizes["last.pt"] * (1 if (directory / "last.pt").exists() or laps <= 1 else 2)
     parts = [f"last.pt of {size_text(sizes['last.pt'])}, written beside the old one"]
@@ -514,8 +537,10 @@ def run_em(
         ctx.barrier()  # no rank starts before every rank has checked the directory
 
     laps = range(start, cfg.iterations)
-    if directory is not None and ctx.main:
-        check_run_disk(directory, denoiser, samples, ema is not None, len(laps), snapshots)
+    if directory is not None:
+        check_run_disk(
+            directory, denoiser, samples, ema is not None, len(laps), snapshots, ctx=ctx
+        )
     for k in bar(laps, progress, desc="EM", initial=start, total=cfg.iterations):
         refresh()  # --threads auto: as many threads as the cores other jobs leave idle now
         if cfg.restart_optimizer:

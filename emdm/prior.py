@@ -215,9 +215,10 @@ def learn_prior(
                 f"{directory} holds a run already: pass resume=True (--resume) to continue it "
                 f"or choose another directory"
             )
-        if ctx.main:  # lap 0 and every lap's checkpoints, before the Gaussian fit's hours
-            like = torch.empty((len(obs), *shape), dtype=obs.dtype, device="meta")
-            check_run_disk(directory, denoiser, like, cfg.ema > 0, cfg.iterations, rank=start.rank)
+        # lap 0 and every lap's checkpoints, before the Gaussian fit's hours
+        like = torch.empty((len(obs), *shape), dtype=obs.dtype, device="meta")
+        check_run_disk(directory, denoiser, like, cfg.ema > 0, cfg.iterations, rank=start.rank,
+                       ctx=ctx)  # fmt: skip
         g = torch.Generator(device).manual_seed(cfg.seed)
         mean, cov, samples = gaussian_start(
             obs, shape, start, cfg, schedule, generator=g, ctx=ctx, progress=progress

@@ -1,6 +1,7 @@
 """A 2-process EM run (gloo on CPU) equals the 1-process run of the same config."""
 
 import os
+import shutil
 import socket
 
 import pytest
@@ -10,6 +11,7 @@ import torch.multiprocessing as mp
 from emdm import DenseOperator, EDMDenoiser, VESchedule
 from emdm.distributed import Context, init
 from emdm.em import EMConfig, run_em
+from emdm.errors import UserError
 from emdm.nn import TimeMLP
 from emdm.observation import Observation
 
@@ -48,7 +50,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def worker(rank, world, port, out, fail_rank):
+def worker(rank, world, port, out, fail_rank, full_disk=False):
     os.environ.update(
         RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )
@@ -58,6 +60,14 @@ def worker(rank, world, port, out, fail_rank):
     denoiser = model()
     if rank == fail_rank:
         denoiser.network.forward = None  # this rank dies at its first M-step
+    if full_disk:  # every rank sees 1 kB free: rank 0 refuses, and every rank must stop
+        usage = shutil.disk_usage(out.parent)
+        shutil.disk_usage = lambda path: usage._replace(free=1000)
+        try:
+            run_em(denoiser, obs, q0, CFG, SCHEDULE, directory=out, ctx=ctx)
+        except UserError as error:
+            (out.parent / f"refused{rank}.txt").write_text(str(error))
+        return
     samples = run_em(denoiser, obs, q0, CFG, SCHEDULE, directory=out, ctx=ctx)
     torch.save({"samples": samples, "model": denoiser.state_dict()}, out / f"rank{rank}.pt")
 
@@ -94,6 +104,14 @@ def test_a_dying_rank_stops_the_others(tmp_path):
         p.kill()
     assert alive == [False, False], "a rank hung after its peer died"
     assert all(p.exitcode != 0 for p in procs)
+
+
+def test_every_rank_stops_when_rank_0s_disk_is_too_small(tmp_path):
+    mp.start_processes(worker, (2, free_port(), tmp_path / "run", -1, True), nprocs=2,
+                       start_method="spawn")  # fmt: skip
+    assert "has 1 kB free" in (tmp_path / "refused0.txt").read_text()
+    assert "rank 0 refused the run" in (tmp_path / "refused1.txt").read_text()
+    assert not (tmp_path / "run" / "last.pt").exists()
 
 
 def test_context_shards_and_splits():
