@@ -15,9 +15,10 @@
 #   3    python3 -m bench.em_cost --measure --device cuda --batch 256               ~ 1 min
 #   4a   python3 -m reproduce smoke --device cuda: every --smoke preset, on fake data files
 #        in the real formats that it writes first (a random 93 M ADM checkpoint too) ~ 1.5 min
-#   4b   the image ones (table1, fig6) again under torchrun --standalone --nproc_per_node=1
-#        (one process: emdm.distributed.init joins no NCCL group for WORLD_SIZE = 1, so this
-#        checks the launcher and the rank-0 paths; NCCL needs two GPUs)           ~ 0.5 min
+#   4b   the image ones (table1, fig6) again under torchrun --standalone --nproc_per_node=1,
+#        in an NCCL process group of one (the runner sets EMDM_PROCESS_GROUP=1): the launcher,
+#        DDP, NCCL's all-reduce and all-gather (the same path passes with gloo on the CPU in
+#        tests/test_smoke_images.py)                                               ~ 0.5 min
 #   5    python3 -m bench.mmps_cost --device cuda at B = 256 and B = 16384, with the
 #        CUDA-graph captured call (H200, earlier code: 10 s and 5 s without it)     ~ 0.5 min
 #   6a   python3 -m emdm mmps-check --device cuda at 4096 samples (H200: 3.4 s)    ~ 0.2 min

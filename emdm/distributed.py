@@ -15,12 +15,17 @@ A run started by `torchrun --nproc_per_node=P script.py ...` has :math:`P` ranks
 A rank that dies makes a collective fail on the others after `timeout` (and `torchrun` stops
 the whole group as soon as one worker exits with an error), so a run never hangs silently.
 
+A single process runs without a process group, unless `EMDM_PROCESS_GROUP=1`: then it joins a
+group of one and goes through every collective (DDP's gradient all-reduce, the E-step's
+gathers), as a check of the backend on a machine with one GPU; its results equal the plain
+run's (tested with gloo).
+
 References:
     | PyTorch Distributed: Experiences on Accelerating Data Parallel Training
     | (Li et al., 2020) https://arxiv.org/abs/2006.15704
 """
 
-__all__ = ["Context", "init", "local"]
+__all__ = ["ENV", "Context", "init", "local"]
 
 import dataclasses
 import datetime
@@ -30,6 +35,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .errors import UserError
+
+#: the environment variable that makes a single process join a process group of one
+ENV = "EMDM_PROCESS_GROUP"
+
 
 @dataclasses.dataclass(frozen=True)
 class Context:
@@ -38,10 +48,12 @@ class Context:
     Attributes:
         rank: This process's rank, from 0.
         world: The number of processes.
+        group: Whether it is in a process group (its collectives run even with one rank).
     """
 
     rank: int = 0
     world: int = 1
+    group: bool = False
 
     @property
     def main(self) -> bool:
@@ -50,7 +62,8 @@ class Context:
 
     @property
     def active(self) -> bool:
-        return self.world > 1
+        r"""Whether the run goes through collectives: several ranks, or a group of one."""
+        return self.world > 1 or self.group
 
     def shard(self, n: int) -> range:
         r"""The indices :math:`i < n` with :math:`i \equiv r \pmod P` this rank handles."""
@@ -139,15 +152,24 @@ def local() -> Context:
 def init(backend: str | None = None, timeout: float = 1800.0) -> Context:
     r"""Joins the process group that `torchrun` (or the caller) described in the environment
     (`RANK`, `WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`) and returns the context; without
-    `WORLD_SIZE` > 1, a single-process context.
+    `WORLD_SIZE` > 1, a single-process context, unless `$EMDM_PROCESS_GROUP` is `1` (a group of
+    one, whose collectives run).
 
     Arguments:
         backend: `"nccl"` (GPUs) or `"gloo"` (CPU); `None` picks NCCL when CUDA is available.
         timeout: The seconds a collective waits for a missing rank before it fails.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    world, group = int(os.environ.get("WORLD_SIZE", "1")), os.environ.get(ENV, "0")
+    if group not in ("0", "1"):
+        raise UserError(f"${ENV} must be 0 or 1, got {group!r}")
+    if world <= 1 and group == "0":
         return local()
+    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise UserError(
+            f"a process group needs {', '.join(missing)} in the environment: start the run "
+            f"with torchrun (e.g. torchrun --standalone --nproc_per_node=1 script.py ...)"
+        )
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend not in ("nccl", "gloo"):
@@ -156,4 +178,4 @@ def init(backend: str | None = None, timeout: float = 1800.0) -> Context:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
-    return Context(dist.get_rank(), dist.get_world_size())
+    return Context(dist.get_rank(), dist.get_world_size(), group=True)

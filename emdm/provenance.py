@@ -87,7 +87,8 @@ def provenance(device: torch.device | str | None = None) -> dict[str, Any]:
         A JSON-ready dictionary with the git commit (`None` outside a git checkout) and whether
         the tree is dirty, the Python, torch, numpy and emdm versions, those of torch-fidelity,
         torchvision, triton, POT and scipy, the platform, the device
-        name, the number of torch threads and the UTC time.
+        name, the number of torch threads, the processes (`world`: how many ranks, and
+        `backend`: their process group's, `None` without one) and the UTC time.
     """
     from . import __version__
 
@@ -104,9 +105,18 @@ def provenance(device: torch.device | str | None = None) -> dict[str, Any]:
         "device": str(device) if device is not None else None,
         "device_name": _device_name(device),
         "threads": torch.get_num_threads(),
+        "processes": _processes(),
         "argv": sys.argv,
         "utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _processes() -> dict[str, Any]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return {"world": dist.get_world_size(), "backend": dist.get_backend()}
+    return {"world": 1, "backend": None}
 
 
 def code_version() -> dict[str, Any]:

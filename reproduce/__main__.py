@@ -27,11 +27,13 @@ status 2); the times and exit statuses go to `<out>/reproduce_smoke.{csv,json}`.
 
 import argparse
 import importlib
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from emdm.distributed import ENV
 from emdm.errors import UserError, cli
 from emdm.provenance import write_results
 from emdm.publish import check_writable
@@ -169,7 +171,10 @@ def smoke(args: argparse.Namespace) -> int:
         t = time.perf_counter()
         if item in SMOKE_DATA:
             fake_data(SMOKE_DATA[item], data)
-        status = subprocess.run(commands[item], cwd=HERE.parent).returncode
+        # under torchrun, even one process joins a process group (NCCL on a GPU) and goes
+        # through the collectives
+        env = {**os.environ, ENV: "1"} if args.torchrun else None
+        status = subprocess.run(commands[item], cwd=HERE.parent, env=env).returncode
         seconds = time.perf_counter() - t
         rows += [{"item": item, "metric": "wall_time_s", "value": seconds},
                  {"item": item, "metric": "exit_status", "value": status}]  # fmt: skip
@@ -208,7 +213,8 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     smoke_flags.add_argument(
         "--torchrun", type=int, default=0, metavar="P",
-        help="run each smoke item under torchrun with P processes (default 0: plain)",
+        help="run each smoke item under torchrun with P processes, in a process group even "
+        "for P = 1 (default 0: plain)",
     )  # fmt: skip
     return parser
 

@@ -14,6 +14,7 @@ from emdm.em import EMConfig, run_em
 from emdm.errors import UserError
 from emdm.nn import TimeMLP
 from emdm.observation import Observation
+from emdm.provenance import provenance
 
 SCHEDULE = VESchedule(1e-3, 10.0)
 # 3 E-step batches (the last one short), so that the ranks hold different numbers of them
@@ -70,6 +71,43 @@ def worker(rank, world, port, out, fail_rank, full_disk=False):
         return
     samples = run_em(denoiser, obs, q0, CFG, SCHEDULE, directory=out, ctx=ctx)
     torch.save({"samples": samples, "model": denoiser.state_dict()}, out / f"rank{rank}.pt")
+
+
+def group_of_one(rank, out):
+    os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(free_port()), EMDM_PROCESS_GROUP="1")  # fmt: skip
+    torch.set_num_threads(1)
+    ctx = init("gloo", timeout=60)
+    assert ctx.active and ctx.world == 1
+    denoiser = model()
+    samples = run_em(denoiser, *toy(), CFG, SCHEDULE, directory=out, ctx=ctx)
+    processes = provenance()["processes"]
+    torch.save({"samples": samples, "model": denoiser.state_dict(), "processes": processes},
+               out / "rank0.pt")  # fmt: skip
+
+
+def test_a_group_of_one_goes_through_the_collectives_and_equals_no_group(tmp_path, monkeypatch):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the worker: the same matrix products to the bit
+    try:
+        single = model()
+        reference = run_em(single, *toy(), CFG, SCHEDULE, directory=tmp_path / "plain")
+    finally:
+        torch.set_num_threads(threads)
+    mp.start_processes(group_of_one, (tmp_path / "group",), nprocs=1, start_method="spawn")
+    state = torch.load(tmp_path / "group" / "rank0.pt", weights_only=True)
+    assert state["processes"] == {"world": 1, "backend": "gloo"}  # recorded with each result
+    torch.testing.assert_close(state["samples"], reference, rtol=0, atol=0)
+    for key, value in single.state_dict().items():
+        torch.testing.assert_close(state["model"][key], value, rtol=0, atol=0)
+    monkeypatch.setenv("EMDM_PROCESS_GROUP", "yes")
+    with pytest.raises(UserError, match=r"\$EMDM_PROCESS_GROUP must be 0 or 1, got 'yes'"):
+        init("gloo")
+    monkeypatch.setenv("EMDM_PROCESS_GROUP", "1")
+    for key in ("RANK", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(UserError, match=r"needs RANK, MASTER_ADDR, MASTER_PORT.*torchrun"):
+        init("gloo")
 
 
 def test_two_gloo_processes_agree_with_one(tmp_path):

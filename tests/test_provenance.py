@@ -14,6 +14,7 @@ def test_provenance_keys():
     for key in ("commit", "dirty", "python", "torch", "numpy", "emdm", "device_name", "utc"):
         assert key in info
     assert info["commit"] is None or len(info["commit"]) == 40
+    assert info["processes"] == {"world": 1, "backend": None}  # no process group
     json.dumps(info)
 
 

@@ -112,3 +112,16 @@ def test_table4_smoke(tmp_path):
     assert set(frame.metric) == {"psnr", "ssim", "lpips"} and len(frame) == 2 * 3
     for name in ("fig17_smoke.png", "fig18_smoke.png"):
         assert (tmp_path / name).exists()
+
+
+def test_fig15_smoke_under_torchrun_in_a_group_of_one(tmp_path):
+    # what bench/gpu_all.sh's step 4b runs with NCCL on one GPU, here with gloo: the launcher,
+    # a process group of one (EMDM_PROCESS_GROUP=1), DDP and the collectives
+    from reproduce.__main__ import main as runner
+
+    out, data = tmp_path / "out", tmp_path / "data"
+    assert runner(["smoke", "fig15", "--torchrun", "1", "--quiet", "--out", str(out),
+                   "--data", str(data)]) == 0  # fmt: skip
+    meta = json.loads((out / "fig15_smoke.json").read_text())
+    assert meta["provenance"]["processes"] == {"world": 1, "backend": "gloo"}
+    _published(out, "fig15_smoke")
