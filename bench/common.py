@@ -25,6 +25,7 @@ import torch
 import emdm
 from emdm.config import NONNEGATIVE, POSITIVE, Checked, config_dict, option
 from emdm.provenance import write_results
+from emdm.threads import set_threads as set_threads_of_torch
 
 
 def synchronizer(device) -> Callable[[], None]:
@@ -65,7 +66,7 @@ def median_ms(
 def set_threads(threads: int) -> int:
     r"""Sets torch's intra-op threads (0 keeps torch's default) and returns the count in use."""
     if threads > 0:
-        torch.set_num_threads(threads)
+        set_threads_of_torch(threads)
     return torch.get_num_threads()
 
 

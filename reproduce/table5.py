@@ -71,6 +71,7 @@ from emdm.nn.adm import ADMConfig, ADMUNet, load_adm
 from emdm.nn.init import fan_in_uniform_
 from emdm.provenance import write_results
 from emdm.publish import check_writable
+from emdm.threads import set_threads
 
 #: The baselines, then MMPS with 1 to 5 solver iterations (the benchmark's 1, 3, 5 among them).
 SWEEP = (*BASELINES, *(f"mmps{k}" for k in range(1, 6)))
@@ -199,7 +200,7 @@ def summarize(costs: dict[str, dict[str, float]]) -> dict[tuple[str, str], float
 
 
 def _worker(args):
-    torch.set_num_threads(args[3])
+    set_threads(args[3])
     return measure(*args[:3])
 
 

@@ -15,6 +15,7 @@ from emdm.errors import UserError
 from emdm.nn import TimeMLP
 from emdm.observation import Observation
 from emdm.provenance import provenance
+from emdm.threads import set_threads
 
 SCHEDULE = VESchedule(1e-3, 10.0)
 # 3 E-step batches (the last one short), so that the ranks hold different numbers of them
@@ -55,7 +56,7 @@ def worker(rank, world, port, out, fail_rank, full_disk=False):
     os.environ.update(
         RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )
-    torch.set_num_threads(1)
+    set_threads(1)
     ctx = init("gloo", timeout=60)
     obs, q0 = toy()
     denoiser = model()
@@ -76,7 +77,7 @@ def worker(rank, world, port, out, fail_rank, full_disk=False):
 def group_of_one(rank, out):
     os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(free_port()), EMDM_PROCESS_GROUP="1")  # fmt: skip
-    torch.set_num_threads(1)
+    set_threads(1)
     ctx = init("gloo", timeout=60)
     assert ctx.active and ctx.world == 1
     denoiser = model()
@@ -88,12 +89,12 @@ def group_of_one(rank, out):
 
 def test_a_group_of_one_goes_through_the_collectives_and_equals_no_group(tmp_path, monkeypatch):
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the worker: the same matrix products to the bit
+    set_threads(1)  # as the worker: the same matrix products to the bit
     try:
         single = model()
         reference = run_em(single, *toy(), CFG, SCHEDULE, directory=tmp_path / "plain")
     finally:
-        torch.set_num_threads(threads)
+        set_threads(threads)  # not torch's setter: it breaks MKL's LU (see emdm.threads)
     mp.start_processes(group_of_one, (tmp_path / "group",), nprocs=1, start_method="spawn")
     state = torch.load(tmp_path / "group" / "rank0.pt", weights_only=True)
     assert state["processes"] == {"world": 1, "backend": "gloo"}  # recorded with each result

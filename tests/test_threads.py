@@ -1,10 +1,10 @@
 r"""The thread policy (`emdm.threads`): the specs accepted and refused, the count "auto" takes
 from fake `/proc/stat` snapshots, and `--threads` of every entry point (`emdm.experiment`).
 
-torch's thread count is faked in-process: with torch 2.14.1 + MKL, a `torch.set_num_threads(n)`
-with n >= 2 (even to the count in use) breaks later batched float32 LU inverses (see
-`emdm.threads`), which would break the tests that run after these. The one test of the real
-count runs in a process of its own."""
+torch's thread count is faked in-process: thread counts are process-wide, and with torch 2.14.1
++ MKL a `torch.set_num_threads(n)` with n >= 2 (even to the count in use) breaks later LU
+factorizations (see `emdm.threads`), which would break the tests that run after these. The
+tests of the real count run in processes of their own."""
 
 import json
 import os
@@ -32,6 +32,7 @@ def fake_count(monkeypatch):
 
     monkeypatch.setattr(torch, "set_num_threads", set_num_threads)
     monkeypatch.setattr(torch, "get_num_threads", lambda: count["n"])
+    monkeypatch.setattr(threads, "_openmp", lambda: None)  # set_threads: the faked setter
     monkeypatch.setitem(threads._state, "default", None)
     monkeypatch.setitem(threads._state, "applied", None)
     monkeypatch.delenv(threads.ENV, raising=False)
@@ -218,3 +219,24 @@ def test_parse_run_sets_torch_threads_in_a_fresh_process():
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["1", "1"]
+
+
+def test_set_threads_moves_the_real_count_and_leaves_lu_factorizations_whole():
+    # torch.set_num_threads(2) here made the inverse print "oneMKL ERROR: Parameter 6 was
+    # incorrect on entry to SLASWP" and never return; a 1 -> 2 refresh of --threads auto did so
+    code = (
+        "import time, torch\n"
+        "from emdm.threads import set_threads\n"
+        "A = torch.randn(2, 300, 300) + 300 * torch.eye(300)\n"
+        "for n in (1, 2, 1, 2):\n"
+        "    set_threads(n)\n"
+        "    error = (A @ torch.linalg.inv(A) - torch.eye(300)).abs().max().item()\n"
+        "    print(torch.get_num_threads(), error < 1e-4)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert run.returncode == 0 and "oneMKL ERROR" not in run.stderr, run.stderr
+    assert run.stdout.split() == ["1", "True", "2", "True", "1", "True", "2", "True"]
+    with pytest.raises(ValueError, match="count must be >= 1, got 0"):
+        threads.set_threads(0)
