@@ -61,8 +61,8 @@ Warning:
     good: MKL's own setters do not undo it. :func:`set_threads` therefore sets the count through
     OpenMP's own `omp_set_num_threads` where torch runs on libgomp with MKL: torch's parallel
     loops and MKL's kernels both follow it (a 1024^2 matrix product took 13 ms on 1 thread and
-    6.8 ms on 2, alternately, with no error), and the inverse that failed passes (tested in a
-    fresh process).
+    6.8 ms on 2, alternately, with no error: an ad hoc check, no script records it), and the
+    inverse that failed passes (tested in a fresh process).
 """
 
 __all__ = [
