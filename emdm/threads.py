@@ -153,14 +153,15 @@ def _openmp() -> ctypes.CDLL | None:
 def set_threads(count: int) -> None:
     r"""Sets torch's intra-op threads to `count` (>= 1): through OpenMP's own setter where torch
     runs on libgomp with MKL, whose threading torch's setter breaks (see the module's warning),
-    else `torch.set_num_threads`."""
+    else (or if torch's count did not follow: another libgomp than torch's)
+    `torch.set_num_threads`."""
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
     omp = _openmp()
-    if omp is None:
-        torch.set_num_threads(count)
-    else:
+    if omp is not None:
         omp.omp_set_num_threads(ctypes.c_int(count))
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
 
 
 @dataclasses.dataclass(frozen=True)
