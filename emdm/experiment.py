@@ -112,7 +112,10 @@ def run_in_folder(
     any work: lock, a finished or other run, the code version, damaged files), calls
     `work(ctx, device, out, run)`, which publishes the results, and records the run finished.
     Returns 0."""
-    ctx, out = init(), check_writable(cfg.out)
+    # the backend of the run's device: NCCL for CUDA, gloo for CPU processes (also on a machine
+    # with GPUs: NCCL cannot gather CPU tensors)
+    backend = "nccl" if torch.device(cfg.device).type == "cuda" else "gloo"
+    ctx, out = init(backend), check_writable(cfg.out)
     device = ctx.device(cfg.device)
     with RunFolder(out / f"{cfg.name}_run", run_identity(cfg), resume=cfg.resume,
                    main=ctx.main) as run:  # fmt: skip
